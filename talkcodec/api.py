@@ -1,0 +1,97 @@
+"""The library API: a ``Codec`` makes ``Encoder`` / ``Decoder`` pairs with a PyAV-like push API.
+
+    codec = talkcodec.get_codec("mesh")
+    enc, dec = codec.encoder(fps=25), codec.decoder()
+    for rgb in frames:
+        for packet in enc.encode(rgb):            # [] is allowed, several are too
+            wire = packet.to_bytes()               # what the network carries
+            for frame in dec.decode(talkcodec.Packet.from_bytes(wire)):
+                show(frame.image)                  # (256, 256, 3) uint8 RGB
+    dec.decode(None)                               # a lost packet: a concealed frame
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import TalkcodecError
+from .packet import Packet
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame: ``image`` is (H, W, 3) uint8 RGB; ``time`` = seq / fps in seconds."""
+
+    image: np.ndarray
+    seq: int
+    time: float
+    concealed: bool = False  # True when made up for a lost or undecodable packet
+
+
+class Encoder(ABC):
+    """Sender side. Feed it every captured frame; send what it returns, in order."""
+
+    @abstractmethod
+    def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
+        """Encode one (H, W, 3) uint8 RGB frame (any size) and the audio captured with it."""
+
+    def flush(self) -> list[Packet]:
+        """Packets still held back at the end of the stream (none for the current codecs)."""
+        return []
+
+    def request_key(self) -> None:
+        """The receiver lost a key packet: make the next frame packet a key."""
+
+    def request_reference(self) -> None:
+        """The receiver has no usable reference: resend it with the next frame."""
+
+
+class Decoder(ABC):
+    """Receiver side. Feed it every packet that arrives (``None`` for one that did not)."""
+
+    @abstractmethod
+    def decode(self, packet: Packet | None) -> list[Frame]:
+        """Frames made ready by this packet; ``None`` asks for a concealed frame."""
+
+    def flush(self) -> list[Frame]:
+        return []
+
+    @property
+    def needs_key(self) -> bool:
+        """True while the decoder waits for a key packet (the sender should be asked for one)."""
+        return False
+
+
+class Codec(ABC):
+    """A registered codec: its settings, and factories for encoders and decoders."""
+
+    name: ClassVar[str]
+    codec_id: ClassVar[int]
+    Settings: ClassVar[type]  # a dataclass; its fields are the codec's settings
+
+    def __init__(self, **settings: Any):
+        names = {f.name for f in dataclasses.fields(self.Settings)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TalkcodecError(
+                f"unknown setting(s) {', '.join(unknown)} for codec {self.name!r}; "
+                f"valid settings: {', '.join(sorted(names))}"
+            )
+        self.settings = self.Settings(**settings)
+
+    @abstractmethod
+    def encoder(self, fps: float | Fraction = 25) -> Encoder:
+        """A new encoder for a stream at ``fps`` frames per second."""
+
+    @abstractmethod
+    def decoder(self, reference: np.ndarray | None = None) -> Decoder:
+        """A new decoder; ``reference`` (RGB) stands in until a reference packet arrives."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings})"

@@ -1,0 +1,155 @@
+"""Audio front end: decode + resample with PyAV, log-mel windows aligned to frame times, Opus.
+
+The call's audio travels as an ordinary Opus stream (in the .tkc file, or as a WebRTC audio
+track); the learned codecs read log-mel windows of it, centred on each frame's time with a
+configurable look-ahead (the look-ahead is latency the receiver must wait for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import InputError
+
+OPUS_RATE = 48000  # libopus runs at 48 kHz
+OPUS_FRAME = 960  # 20 ms packets
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray | None:
+    """Mono float32 samples of the first audio stream, resampled; ``None`` if there is none.
+
+    Decoding stops quietly at a damaged tail (what decoded is kept).
+    """
+    try:
+        container = av.open(str(path), "r")
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable media file ({exc})") from None
+    with container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        limit = None if max_seconds is None else int(max_seconds * sample_rate)
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))  # (1, n) packed mono -> (n,)
+                if limit is not None and sum(map(len, chunks)) >= limit:
+                    break
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError:
+            pass
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return samples[:limit] if limit is not None else samples
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    sample_rate: int = 16000
+    n_mels: int = 80
+    hop_s: float = 0.010  # one mel step per 10 ms
+    win_s: float = 0.025  # STFT window
+    window_s: float = 0.2  # window per video frame (AVFR-GAN: 200 ms = 5 frames at 25 fps)
+    lookahead_s: float = 0.1  # audio after the frame's time; window_s / 2 = centred
+
+    @property
+    def steps(self) -> int:
+        return round(self.window_s / self.hop_s)
+
+
+def log_mel(samples: np.ndarray, settings: MelSettings = MelSettings()) -> np.ndarray:
+    """(n_mels, T) natural-log mel spectrogram, one column per ``hop_s``; column t covers time t*hop."""
+    import librosa  # deferred: heavy import, only the audio-driven codecs need it
+
+    hop = round(settings.hop_s * settings.sample_rate)
+    n_fft = 1 << int(np.ceil(np.log2(settings.win_s * settings.sample_rate)))
+    mel = librosa.feature.melspectrogram(
+        y=samples.astype(np.float32), sr=settings.sample_rate, n_fft=n_fft, hop_length=hop,
+        win_length=round(settings.win_s * settings.sample_rate), n_mels=settings.n_mels, center=True,
+    )  # fmt: skip
+    return np.log(mel + 1e-6).astype(np.float32)
+
+
+def mel_windows(samples: np.ndarray, frame_times: np.ndarray, settings: MelSettings = MelSettings()) -> np.ndarray:
+    """(N, n_mels, steps) log-mel windows, window i ending ``lookahead_s`` after ``frame_times[i]``.
+
+    Windows that reach past either end of the audio are padded with silence.
+    """
+    mel = log_mel(samples, settings)  # (n_mels, T)
+    silence = np.log(1e-6)
+    steps = settings.steps
+    starts = np.rint((np.asarray(frame_times) + settings.lookahead_s - settings.window_s) / settings.hop_s).astype(int)
+    pad = steps + max(0, -int(starts.min(initial=0)))
+    padded = np.pad(mel, ((0, 0), (pad, pad + int(starts.max(initial=0)))), constant_values=silence)
+    index = starts[:, None] + pad + np.arange(steps)[None, :]  # (N, steps)
+    return np.ascontiguousarray(padded[:, index].transpose(1, 0, 2))  # (n_mels, N, steps) -> (N, n_mels, steps)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Mono float32 resampling with FFmpeg's resampler."""
+    if rate_in == rate_out or samples.size == 0:
+        return samples.astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt", layout="mono")
+    frame.sample_rate = rate_in
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+class OpusEncoder:
+    """Mono Opus at 48 kHz in 20 ms packets: push float32 samples, get (pts, bytes) packets."""
+
+    def __init__(self, bitrate: int = 24000, sample_rate: int = OPUS_RATE):
+        self._ctx = av.CodecContext.create("libopus", "w")
+        self._ctx.sample_rate = OPUS_RATE
+        self._ctx.layout = "mono"
+        self._ctx.format = "s16"
+        self._ctx.bit_rate = bitrate
+        self._ctx.options = {"application": "voip", "frame_duration": "20"}
+        self._input_rate = sample_rate
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._pts = 0
+
+    def encode(self, samples: np.ndarray | None) -> list[tuple[int, bytes]]:
+        """Samples at the constructor's rate; ``None`` flushes (pads the last packet)."""
+        if samples is not None:
+            samples = resample(samples, self._input_rate, OPUS_RATE)
+            self._buffer = np.concatenate([self._buffer, samples])
+        elif self._buffer.size % OPUS_FRAME:
+            self._buffer = np.pad(self._buffer, (0, OPUS_FRAME - self._buffer.size % OPUS_FRAME))
+        out: list[tuple[int, bytes]] = []
+        while self._buffer.size >= OPUS_FRAME:
+            block, self._buffer = self._buffer[:OPUS_FRAME], self._buffer[OPUS_FRAME:]
+            pcm = (np.clip(block, -1, 1) * 32767).astype(np.int16)[None, :]
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = OPUS_RATE
+            frame.pts = self._pts
+            self._pts += OPUS_FRAME
+            out += [(int(p.pts), bytes(p)) for p in self._ctx.encode(frame)]
+        if samples is None:
+            out += [(int(p.pts), bytes(p)) for p in self._ctx.encode(None)]
+        return out
+
+
+class OpusDecoder:
+    """Decodes Opus packets (bytes) into mono float32 samples at 48 kHz."""
+
+    def __init__(self) -> None:
+        self._ctx = av.CodecContext.create("opus", "r")
+        self._ctx.sample_rate = OPUS_RATE
+        self._ctx.layout = "mono"
+
+    def decode(self, data: bytes) -> np.ndarray:
+        try:
+            frames = self._ctx.decode(av.Packet(data))
+        except av.error.FFmpegError:
+            return np.zeros(OPUS_FRAME, dtype=np.float32)  # a damaged packet: 20 ms of silence
+        out = [f.to_ndarray().astype(np.float32).reshape(-1) for f in frames]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

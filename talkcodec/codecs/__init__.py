@@ -1,0 +1,1 @@
+"""Codec implementations, each an Encoder + Decoder pair registered in ``talkcodec.registry``."""

@@ -1,0 +1,233 @@
+"""Face front end: mediapipe face mesh + selfie segmentation, a stable 256x256 crop, head pose
+and blink, frame by frame.
+
+The crop is fixed from the first detection (a square widened from the face box to head and
+shoulders, as talking-head datasets crop) and only moves when the face drifts far from its
+centre, changes size a lot, or is found again after being lost: then ``crop_changed`` is set
+and codecs send a fresh reference image, since a moved crop invalidates the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import cv2
+import numpy as np
+
+CROP_SIZE = 256
+NUM_LANDMARKS = 478  # 468 mesh points + 10 iris points (refine_landmarks=True)
+
+# Eye contours for the eye aspect ratio: (corner, top, top, corner, bottom, bottom) per eye.
+RIGHT_EYE = (33, 160, 158, 133, 153, 144)  # the subject's right eye (image left)
+LEFT_EYE = (362, 385, 387, 263, 373, 380)
+# Inner lip contour, in order around the mouth opening.
+INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    size: int = CROP_SIZE  # output side in pixels
+    widen: float = 1.9  # crop side / larger side of the face-landmark box
+    shift_down: float = 0.10  # centre moves down by this x face height (towards the shoulders)
+    recentre_at: float = 0.22  # recentre when the face centre drifts this far (x crop side)
+    rescale_at: float = 1.4  # ... or the face size changes by this factor
+
+
+@dataclass
+class FaceObservation:
+    """What the front end saw in one frame. Landmark units: crop pixels (z scaled like x)."""
+
+    crop: np.ndarray  # (S, S, 3) uint8 RGB
+    landmarks: np.ndarray | None  # (478, 3) float32, None when no face
+    mask: np.ndarray | None = None  # (S, S) float32 in [0, 1], person segmentation
+    pose: np.ndarray | None = None  # (3,) yaw, pitch, roll in degrees
+    blink: np.ndarray | None = None  # (2,) eye aspect ratio, right and left eye
+    crop_box: tuple[float, float, float] = (0.0, 0.0, 0.0)  # centre x, centre y, side (source px)
+    crop_changed: bool = False  # the crop moved since the previous frame
+    face_lost: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.face_lost = self.landmarks is None
+
+
+def _quiet_mediapipe():
+    """Import mediapipe with its C++ logging and protobuf deprecation noise turned down."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mediapipe as mp
+    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
+    return mp
+
+
+@lru_cache(maxsize=1)
+def canonical_face_model() -> np.ndarray:
+    """MediaPipe's canonical face (468, 3) in OpenCV camera axes (x right, y down, z away), cm."""
+    path = resources.files("talkcodec") / "data" / "canonical_face_model.txt"
+    vertices = np.loadtxt(str(path), dtype=np.float64)  # (468, 3), +Y up, +Z towards the viewer
+    return vertices * np.array([1.0, -1.0, -1.0])
+
+
+def eye_aspect_ratio(landmarks: np.ndarray) -> np.ndarray:
+    """(right, left) eye aspect ratio = (|p2-p6| + |p3-p5|) / (2 |p1-p4|); ~0.3 open, <0.15 shut."""
+    out = []
+    for eye in (RIGHT_EYE, LEFT_EYE):
+        p = landmarks[list(eye), :2]
+        vertical = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
+        out.append(vertical / max(2.0 * np.linalg.norm(p[0] - p[3]), 1e-6))
+    return np.array(out, dtype=np.float32)
+
+
+class HeadPoseEstimator:
+    """Yaw, pitch, roll from 2D landmarks against the canonical face with ``cv2.solvePnP``."""
+
+    def __init__(self, image_size: int = CROP_SIZE, focal: float | None = None):
+        f = focal or float(image_size)  # ~53 degree field of view across the crop
+        c = image_size / 2.0
+        self.camera = np.array([[f, 0, c], [0, f, c], [0, 0, 1]], dtype=np.float64)
+        self._rvec: np.ndarray | None = None
+        self._tvec: np.ndarray | None = None
+
+    def __call__(self, landmarks: np.ndarray) -> np.ndarray:
+        model = canonical_face_model()
+        image_points = landmarks[: len(model), :2].astype(np.float64)
+        guess = self._rvec is not None
+        ok, rvec, tvec = cv2.solvePnP(
+            model, image_points, self.camera, None, self._rvec, self._tvec,
+            useExtrinsicGuess=guess, flags=cv2.SOLVEPNP_ITERATIVE,
+        )  # fmt: skip
+        if not ok:
+            self._rvec = self._tvec = None
+            return np.zeros(3, dtype=np.float32)
+        self._rvec, self._tvec = rvec, tvec
+        rotation, _ = cv2.Rodrigues(rvec)
+        pitch, yaw, roll = cv2.RQDecomp3x3(rotation)[0]
+        return np.array([yaw, pitch, roll], dtype=np.float32)
+
+
+def _square_box(points: np.ndarray, settings: CropSettings, frame_size: tuple[int, int]) -> tuple[float, float, float]:
+    """Head-and-shoulders square (centre x, centre y, side) around landmark points (N, 2),
+    moved to lie inside the frame (width, height) where it fits, so edges are not smeared."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    width, height = hi - lo
+    side = settings.widen * max(width, height)
+    cx, cy = (lo + hi) / 2.0
+    cy += settings.shift_down * height
+    w, h = frame_size
+    if side <= w:
+        cx = min(max(cx, side / 2), w - side / 2)
+    if side <= h:
+        cy = min(max(cy, side / 2), h - side / 2)
+    return float(cx), float(cy), float(side)
+
+
+def crop_square(frame: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
+    """Cut the square ``box`` out of ``frame`` resized to ``size``; edges past the frame replicate."""
+    cx, cy, side = box
+    scale = size / side
+    matrix = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]])
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(frame, matrix, (size, size), flags=interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+class FaceTracker:
+    """Runs the front end on consecutive frames of one video (it keeps tracking state)."""
+
+    def __init__(self, settings: CropSettings | None = None, segmentation: bool = True, pose: bool = True):
+        mp = _quiet_mediapipe()
+        self.settings = settings or CropSettings()
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=0.5, min_tracking_confidence=0.5,
+        )  # fmt: skip
+        self._finder = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
+        )
+        self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) if segmentation else None
+        self._pose = HeadPoseEstimator(self.settings.size) if pose else None
+        self.box: tuple[float, float, float] | None = None
+        self._face_height: float = 0.0
+        self._anchor = np.full(2, self.settings.size / 2.0)  # face centre in the crop when it was set
+
+    def close(self) -> None:
+        self._mesh.close()
+        self._finder.close()
+        if self._segmenter is not None:
+            self._segmenter.close()
+
+    def __enter__(self) -> FaceTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _landmarks(result, width: int, height: int) -> np.ndarray | None:
+        if not result.multi_face_landmarks:
+            return None
+        points = result.multi_face_landmarks[0].landmark
+        xyz = np.array([(p.x, p.y, p.z) for p in points], dtype=np.float32)  # (478, 3) normalised
+        return xyz * np.array([width, height, width], dtype=np.float32)
+
+    def _find_in_frame(self, frame: np.ndarray) -> np.ndarray | None:
+        """Landmarks (478, 3) in source pixels from a full-frame detection, or None."""
+        h, w = frame.shape[:2]
+        return self._landmarks(self._finder.process(frame), w, h)
+
+    def _set_box(self, source_landmarks: np.ndarray, frame: np.ndarray) -> None:
+        self.box = _square_box(source_landmarks[:, :2], self.settings, (frame.shape[1], frame.shape[0]))
+        self._face_height = float(np.ptp(source_landmarks[:, 1]))
+        cx, cy, side = self.box
+        centre = (source_landmarks[:, :2].min(axis=0) + source_landmarks[:, :2].max(axis=0)) / 2.0
+        self._anchor = (centre - np.array([cx - side / 2, cy - side / 2])) * self.settings.size / side
+
+    def _drifted(self, landmarks: np.ndarray) -> bool:
+        s = self.settings
+        centre = (landmarks[:, :2].min(axis=0) + landmarks[:, :2].max(axis=0)) / 2.0
+        if np.abs(centre - self._anchor).max() > s.recentre_at * s.size:
+            return True
+        assert self.box is not None
+        height = float(np.ptp(landmarks[:, 1])) * self.box[2] / s.size  # in source pixels
+        ratio = height / max(self._face_height, 1e-6)
+        return not (1 / s.rescale_at < ratio < s.rescale_at)
+
+    def process(self, frame: np.ndarray) -> FaceObservation:
+        """Front end for one (H, W, 3) uint8 RGB frame of the video."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.shape} {frame.dtype}")
+        frame = np.ascontiguousarray(frame)
+        size = self.settings.size
+        changed = False
+        if self.box is None:
+            found = self._find_in_frame(frame)
+            h, w = frame.shape[:2]
+            if found is None:  # no face yet: a centred square, tried again next frame
+                crop = crop_square(frame, (w / 2, h / 2, min(w, h)), size)
+                return FaceObservation(crop=crop, landmarks=None, crop_box=(w / 2, h / 2, min(w, h)))
+            self._set_box(found, frame)
+            changed = True
+        crop = crop_square(frame, self.box, size)
+        landmarks = self._landmarks(self._mesh.process(crop), size, size)
+        if landmarks is not None and self._drifted(landmarks):
+            landmarks = None  # fall through to a full-frame search and a new crop
+        if landmarks is None:
+            found = self._find_in_frame(frame)
+            if found is not None:
+                self._set_box(found, frame)
+                changed = True
+                crop = crop_square(frame, self.box, size)
+                landmarks = self._landmarks(self._mesh.process(crop), size, size)
+        assert self.box is not None
+        observation = FaceObservation(crop=crop, landmarks=landmarks, crop_box=self.box, crop_changed=changed)
+        if self._segmenter is not None:
+            observation.mask = self._segmenter.process(crop).segmentation_mask.astype(np.float32)
+        if landmarks is not None:
+            observation.blink = eye_aspect_ratio(landmarks)
+            if self._pose is not None:
+                observation.pose = self._pose(landmarks)
+        return observation

@@ -1,0 +1,61 @@
+"""Piecewise-affine image warping along a landmark triangulation, as one dense remap.
+
+The destination points are Delaunay-triangulated (scipy/Qhull) together with fixed points on
+the image border, so the background stays put; every output pixel finds its triangle and
+barycentric coordinates in one vectorized call, and OpenCV's ``remap`` samples the source.
+No Python loop runs per triangle or per pixel.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay, QhullError
+
+
+def border_points(size: int, per_side: int = 8) -> np.ndarray:
+    """(4 * per_side, 2) fixed points around the image edge (corners included)."""
+    t = np.linspace(0.0, size - 1.0, per_side + 1)[:-1]
+    far = size - 1.0
+    sides = [np.stack([t, np.zeros_like(t)], 1), np.stack([np.full_like(t, far), t], 1),
+             np.stack([far - t, np.full_like(t, far)], 1), np.stack([np.zeros_like(t), far - t], 1)]  # fmt: skip
+    return np.concatenate(sides)
+
+
+class PiecewiseAffineWarp:
+    """Warps (size, size) images so that ``src`` points land on ``dst`` points."""
+
+    def __init__(self, size: int = 256, border_per_side: int = 8):
+        self.size = size
+        self._border = border_points(size, border_per_side)
+        ys, xs = np.mgrid[0:size, 0:size]
+        self._grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)  # (S*S, 2) as (x, y)
+
+    def maps(self, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (S, S) x and y sampling maps for ``cv2.remap``; src, dst are (N, 2) points."""
+        limit = 2.0 * self.size  # hostile or broken points cannot make the triangulation explode
+        src, dst = (np.clip(np.nan_to_num(p, posinf=limit, neginf=-limit), -limit, limit) for p in (src, dst))
+        src_all = np.concatenate([src, self._border])
+        dst_all = np.concatenate([dst, self._border])
+        try:
+            triangulation = Delaunay(dst_all)
+        except QhullError:
+            return self._identity()
+        simplex = triangulation.find_simplex(self._grid)  # (S*S,), -1 outside the hull
+        inside = simplex >= 0
+        transform = triangulation.transform[simplex[inside]]  # (P, 3, 2): inverse affine + offset
+        bary2 = np.einsum("pij,pj->pi", transform[:, :2], self._grid[inside] - transform[:, 2])  # (P, 2)
+        bary = np.concatenate([bary2, 1.0 - bary2.sum(axis=1, keepdims=True)], axis=1)  # (P, 3)
+        corners = src_all[triangulation.simplices[simplex[inside]]]  # (P, 3, 2)
+        mapped = self._grid.copy()
+        mapped[inside] = np.einsum("pk,pkd->pd", bary, corners)
+        mapped = mapped.reshape(self.size, self.size, 2).astype(np.float32)  # (S, S, 2) as (x, y)
+        return mapped[..., 0], mapped[..., 1]
+
+    def _identity(self) -> tuple[np.ndarray, np.ndarray]:
+        grid = self._grid.reshape(self.size, self.size, 2).astype(np.float32)
+        return grid[..., 0], grid[..., 1]
+
+    def __call__(self, image: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        map_x, map_y = self.maps(src, dst)
+        return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
