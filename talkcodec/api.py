@@ -16,12 +16,15 @@ import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .errors import TalkcodecError
 from .packet import Packet
+
+if TYPE_CHECKING:
+    from .face import FaceObservation
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class Frame:
 class Encoder(ABC):
     """Sender side. Feed it every captured frame; send what it returns, in order."""
 
+    #: What the face front end made of the last frame (its ``crop`` is what the receiver rebuilds).
+    last_observation: FaceObservation | None = None
+
     @abstractmethod
     def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
         """Encode one (H, W, 3) uint8 RGB frame (any size) and the audio captured with it."""
@@ -50,6 +56,9 @@ class Encoder(ABC):
 
     def request_reference(self) -> None:
         """The receiver has no usable reference: resend it with the next frame."""
+
+    def close(self) -> None:
+        """Release the front end (mediapipe graphs)."""
 
 
 class Decoder(ABC):

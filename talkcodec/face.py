@@ -9,8 +9,10 @@ and codecs send a fresh reference image, since a moved crop invalidates the old 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -52,6 +54,23 @@ class FaceObservation:
 
     def __post_init__(self) -> None:
         self.face_lost = self.landmarks is None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """mediapipe's C++ side logs start-up notices straight to fd 2; hide them, not Python's."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to hide
+        yield
+        return
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _quiet_mediapipe():
@@ -141,6 +160,17 @@ class FaceTracker:
     def __init__(self, settings: CropSettings | None = None, segmentation: bool = True, pose: bool = True):
         mp = _quiet_mediapipe()
         self.settings = settings or CropSettings()
+        with _native_stderr_silenced():
+            self._build(mp, segmentation, pose)
+            blank = np.zeros((self.settings.size, self.settings.size, 3), np.uint8)
+            for graph in (self._finder, self._mesh, self._segmenter):
+                if graph is not None:
+                    graph.process(blank)  # first inferences log notices: have them now, hidden
+        self.box: tuple[float, float, float] | None = None
+        self._face_height: float = 0.0
+        self._anchor = np.full(2, self.settings.size / 2.0)  # face centre in the crop when it was set
+
+    def _build(self, mp, segmentation: bool, pose: bool) -> None:
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False, max_num_faces=1, refine_landmarks=True,
             min_detection_confidence=0.5, min_tracking_confidence=0.5,
@@ -150,9 +180,6 @@ class FaceTracker:
         )
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) if segmentation else None
         self._pose = HeadPoseEstimator(self.settings.size) if pose else None
-        self.box: tuple[float, float, float] | None = None
-        self._face_height: float = 0.0
-        self._anchor = np.full(2, self.settings.size / 2.0)  # face centre in the crop when it was set
 
     def close(self) -> None:
         self._mesh.close()
@@ -174,8 +201,8 @@ class FaceTracker:
         xyz = np.array([(p.x, p.y, p.z) for p in points], dtype=np.float32)  # (478, 3) normalised
         return xyz * np.array([width, height, width], dtype=np.float32)
 
-    def _find_in_frame(self, frame: np.ndarray) -> np.ndarray | None:
-        """Landmarks (478, 3) in source pixels from a full-frame detection, or None."""
+    def detect(self, frame: np.ndarray) -> np.ndarray | None:
+        """Landmarks (478, 3) in source pixels from a one-off full-frame detection, or None."""
         h, w = frame.shape[:2]
         return self._landmarks(self._finder.process(frame), w, h)
 
@@ -204,7 +231,7 @@ class FaceTracker:
         size = self.settings.size
         changed = False
         if self.box is None:
-            found = self._find_in_frame(frame)
+            found = self.detect(frame)
             h, w = frame.shape[:2]
             if found is None:  # no face yet: a centred square, tried again next frame
                 crop = crop_square(frame, (w / 2, h / 2, min(w, h)), size)
@@ -216,7 +243,7 @@ class FaceTracker:
         if landmarks is not None and self._drifted(landmarks):
             landmarks = None  # fall through to a full-frame search and a new crop
         if landmarks is None:
-            found = self._find_in_frame(frame)
+            found = self.detect(frame)
             if found is not None:
                 self._set_box(found, frame)
                 changed = True

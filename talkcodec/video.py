@@ -102,18 +102,28 @@ def read_frames(path: str | Path, fps: float | None = None, max_seconds: float |
 
 
 class Mp4Writer:
-    """Writes RGB frames as H.264 (yuv420p) and, optionally, mono audio as AAC into an mp4."""
+    """Writes RGB frames as H.264 (yuv420p) and, optionally, mono audio as AAC into an mp4.
+
+    ``lossless=True`` writes bit-exact RGB instead (libx264rgb, crf 0), for reference copies.
+    """
 
     def __init__(
-        self, path: str | Path, fps: float | Fraction, size: tuple[int, int], sample_rate: int | None = None, crf: int = 18
+        self,
+        path: str | Path,
+        fps: float | Fraction,
+        size: tuple[int, int],
+        sample_rate: int | None = None,
+        crf: int = 18,
+        lossless: bool = False,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self.path), "w")
-        self._video = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        rate = Fraction(fps).limit_denominator(1001)
+        self._video = self._container.add_stream("libx264rgb" if lossless else "libx264", rate=rate)
         self._video.width, self._video.height = size
-        self._video.pix_fmt = "yuv420p"
-        self._video.options = {"crf": str(crf), "preset": "veryfast"}
+        self._video.pix_fmt = "rgb24" if lossless else "yuv420p"
+        self._video.options = {"crf": "0", "preset": "ultrafast"} if lossless else {"crf": str(crf), "preset": "veryfast"}
         self._audio = self._container.add_stream("aac", rate=sample_rate, layout="mono") if sample_rate else None
         self._frames = 0
         self._samples = 0

@@ -59,3 +59,27 @@ class PiecewiseAffineWarp:
     def __call__(self, image: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         map_x, map_y = self.maps(src, dst)
         return cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def polygon_area(points: np.ndarray) -> float:
+    """Area of a simple polygon (N, 2) by the shoelace formula."""
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+MOUTH_INTERIOR_RGB = (70.0, 30.0, 30.0)  # the dark red-brown of an open mouth
+
+
+def fill_mouth(image: np.ndarray, lips: np.ndarray, reference_area: float) -> None:
+    """Paint the inner-lip polygon ``lips`` (N, 2) dark, in place, where the mouth is open wider
+    than in the reference (whose warped closed-mouth pixels would otherwise show stretched lips)."""
+    area = polygon_area(lips)
+    extra = area - 1.2 * reference_area - 6.0
+    if extra <= 0 or not np.isfinite(lips).all():
+        return
+    strength = min(1.0, extra / max(area, 1.0) * 2.0)
+    mask = np.zeros(image.shape[:2], dtype=np.float32)
+    cv2.fillPoly(mask, [np.rint(lips).astype(np.int32)], 1.0, lineType=cv2.LINE_AA)
+    mask = cv2.GaussianBlur(mask, (5, 5), 1.2)[..., None] * strength  # (H, W, 1)
+    interior = np.array(MOUTH_INTERIOR_RGB, dtype=np.float32)
+    image[:] = (image * (1.0 - mask) + interior * mask).astype(np.uint8)

@@ -29,7 +29,7 @@ from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation, FaceTr
 from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
 from ..quant import LaplaceCoder, Quantizer
 from ..registry import register_codec
-from ..warp import PiecewiseAffineWarp
+from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
 from .mesh_model import MAX_COEFFICIENTS, MAX_KEY_DISTANCE, POSE_PARAMS, ShapeModel
 
 
@@ -179,11 +179,6 @@ class _Reference:
     mouth_area: float
 
 
-def _polygon_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
 class MeshDecoder(Decoder):
     def __init__(self, codec: MeshCodec, reference: np.ndarray | None = None):
         self.codec = codec
@@ -233,7 +228,7 @@ class MeshDecoder(Decoder):
             params = coding.params(np.clip(np.array(symbols), -(1 << 14), 1 << 14))
             reference.coding, reference.landmarks = coding, landmarks
             reference.residual = coding.model.residual(landmarks, params)
-            reference.mouth_area = _polygon_area(landmarks[list(INNER_LIPS), :2])
+            reference.mouth_area = polygon_area(landmarks[list(INNER_LIPS), :2])
         self._references[packet.ref_id] = reference
         if len(self._references) > 4:  # keep the few most recent
             del self._references[next(iter(self._references))]
@@ -245,22 +240,8 @@ class MeshDecoder(Decoder):
         landmarks = ref.coding.model.synthesize(params, ref.residual)  # (478, 3)
         image = self.warp(ref.image, ref.landmarks[:, :2], landmarks[:, :2])
         if self.codec.settings.mouth_fill:
-            self._fill_mouth(image, landmarks[list(INNER_LIPS), :2], ref.mouth_area)
+            fill_mouth(image, landmarks[list(INNER_LIPS), :2], ref.mouth_area)
         return image
-
-    @staticmethod
-    def _fill_mouth(image: np.ndarray, lips: np.ndarray, reference_area: float) -> None:
-        """Darken the mouth opening in place where it is wider than in the reference."""
-        area = _polygon_area(lips)
-        extra = area - 1.2 * reference_area - 6.0
-        if extra <= 0 or not np.isfinite(lips).all():
-            return
-        strength = min(1.0, extra / max(area, 1.0) * 2.0)
-        mask = np.zeros(image.shape[:2], dtype=np.float32)
-        cv2.fillPoly(mask, [np.rint(lips).astype(np.int32)], 1.0, lineType=cv2.LINE_AA)
-        mask = cv2.GaussianBlur(mask, (5, 5), 1.2)[..., None] * strength  # (S, S, 1)
-        interior = np.array([70.0, 30.0, 30.0], dtype=np.float32)  # dark red-brown of an open mouth
-        image[:] = (image * (1.0 - mask) + interior * mask).astype(np.uint8)
 
     def _emit(self, image: np.ndarray | None, seq: int, concealed: bool) -> list[Frame]:
         if image is None:

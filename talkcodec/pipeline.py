@@ -1,0 +1,222 @@
+"""Offline jobs on files: encode a video to .tkc, decode a .tkc to mp4, describe a .tkc.
+
+Bitrates are counted from the bytes actually written (``len(packet.to_bytes())``), split into
+the one-off reference image(s), the frame packets, and the Opus audio.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .audio import OPUS_RATE, OpusDecoder, OpusEncoder, load_audio
+from .container import AudioChunk, TkcHeader, TkcReader, TkcWriter
+from .errors import InputError
+from .packet import Packet, PacketKind
+from .registry import get_codec
+from .video import Mp4Writer, probe, read_frames
+
+NO_FACE_GIVE_UP_S = 10.0  # an input with no face in its first 10 seconds is refused
+
+
+@dataclass
+class StreamStats:
+    """Byte counts of a stream; kbps are over its duration (frames / fps)."""
+
+    codec: str
+    fps: float
+    frames: int = 0
+    frame_bytes: int = 0
+    reference_bytes: int = 0
+    references: int = 0
+    audio_bytes: int = 0
+    faceless_frames: int = 0
+    concealed_frames: int = 0
+    wall_seconds: float = 0.0  # the whole job, file I/O included
+    codec_seconds: float = 0.0  # inside Encoder.encode / Decoder.decode only
+    damage: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.fps if self.fps else 0.0
+
+    def kbps(self, nbytes: int) -> float:
+        return nbytes * 8 / 1000 / self.duration if self.duration else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            duration_s=round(self.duration, 3),
+            frame_kbps=round(self.kbps(self.frame_bytes), 3),
+            reference_kbps=round(self.kbps(self.reference_bytes), 3),
+            audio_kbps=round(self.kbps(self.audio_bytes), 3),
+            processing_fps=round(self.frames / self.wall_seconds, 1) if self.wall_seconds else None,
+            codec_fps=round(self.frames / self.codec_seconds, 1) if self.codec_seconds else None,
+        )
+        return d
+
+    def count(self, packet: Packet) -> None:
+        size = len(packet.to_bytes())
+        if packet.kind == PacketKind.FRAME:
+            self.frames += 1
+            self.frame_bytes += size
+            self.faceless_frames += not packet.payload
+        elif packet.kind == PacketKind.REFERENCE:
+            self.references += 1
+            self.reference_bytes += size
+
+
+def encode_file(
+    source: str | Path,
+    output: str | Path,
+    codec: str = "mesh",
+    settings: dict[str, Any] | None = None,
+    fps: float = 25.0,
+    max_seconds: float | None = None,
+    audio: bool = True,
+    progress: bool = True,
+    crops_to: str | Path | None = None,
+) -> StreamStats:
+    """Encode a video file into a .tkc file. ``crops_to`` also saves the face crops the codec
+    saw, losslessly (for measuring quality against them)."""
+    info = probe(source)
+    model = get_codec(codec, **(settings or {}))
+    encoder = model.encoder(fps=fps)
+    rate = Fraction(fps).limit_denominator(1001)
+    samples = load_audio(source, OPUS_RATE, max_seconds) if audio and info.has_audio else None
+    header = TkcHeader(
+        codec, rate, audio_rate=OPUS_RATE if samples is not None else None,
+        settings=asdict(model.settings), extra={"source": Path(source).name, "talkcodec": __version__},
+    )  # fmt: skip
+    stats = StreamStats(codec, float(rate))
+    opus = OpusEncoder(sample_rate=OPUS_RATE) if samples is not None else None
+    crops = Mp4Writer(crops_to, rate, (256, 256), lossless=True) if crops_to else None
+    total = round(min(info.duration, max_seconds or info.duration) * fps) or None
+    start = time.perf_counter()
+    try:
+        with TkcWriter(output, header) as writer:
+            frames = read_frames(source, fps=fps, max_seconds=max_seconds)
+            for index, frame in enumerate(tqdm(frames, total=total, unit="frame", desc="encode", disable=not progress)):
+                tick = time.perf_counter()
+                packets = encoder.encode(frame)
+                stats.codec_seconds += time.perf_counter() - tick
+                for packet in packets:
+                    writer.write_packet(packet)
+                    stats.count(packet)
+                if crops is not None and encoder.last_observation is not None:
+                    crops.write(encoder.last_observation.crop)
+                if opus is not None and samples is not None:  # interleave the audio up to this frame's end
+                    end = round((index + 1) / fps * OPUS_RATE)
+                    begin = round(index / fps * OPUS_RATE)
+                    for pts, data in opus.encode(samples[begin:end]):
+                        writer.write_audio(pts, data)
+                        stats.audio_bytes += len(data)
+                if stats.faceless_frames == stats.frames and stats.frames >= NO_FACE_GIVE_UP_S * fps:
+                    break
+                if index % 25 == 0:
+                    writer.flush()
+            if opus is not None:
+                for pts, data in opus.encode(None):
+                    writer.write_audio(pts, data)
+                    stats.audio_bytes += len(data)
+    finally:
+        encoder.close()
+        if crops is not None:
+            crops.close()
+    stats.wall_seconds = time.perf_counter() - start
+    if stats.frames and stats.faceless_frames == stats.frames:
+        Path(output).unlink(missing_ok=True)
+        raise InputError(f"{source}: no face found in the first {stats.duration:.0f} s of video")
+    return stats
+
+
+def decode_file(
+    source: str | Path,
+    output: str | Path,
+    progress: bool = True,
+    compose: Callable[[int, np.ndarray], np.ndarray] | None = None,
+) -> StreamStats:
+    """Decode a .tkc file to an mp4 (H.264 + AAC). A damaged file decodes up to the damage
+    (``stats.damage`` says where). ``compose(frame_index, image)`` may replace each output
+    image (the demo uses it to put the original beside the decoded face)."""
+    start = time.perf_counter()
+    with TkcReader(source) as reader:
+        header = reader.header
+        codec = get_codec(header.codec)
+        decoder = codec.decoder()
+        stats = StreamStats(header.codec, float(header.fps))
+        opus = OpusDecoder() if header.audio_rate else None
+        writer: Mp4Writer | None = None
+        audio_written = 0
+        next_index = 0
+        last: np.ndarray | None = None
+
+        def write(image: np.ndarray) -> None:
+            nonlocal writer, next_index
+            if compose is not None:
+                image = compose(next_index, image)
+            if writer is None:
+                size = (image.shape[1], image.shape[0])
+                writer = Mp4Writer(output, header.fps, size, sample_rate=OPUS_RATE if opus else None)
+            writer.write(image)
+            next_index += 1
+
+        bar = tqdm(unit="frame", desc="decode", disable=not progress)
+        for item in reader:
+            if isinstance(item, AudioChunk):
+                if opus is not None and writer is not None and item.pts >= audio_written:
+                    pcm = opus.decode(item.data)
+                    if item.pts > audio_written:  # a gap: silence keeps the rest in sync
+                        writer.write_audio(np.zeros(item.pts - audio_written, np.float32))
+                    writer.write_audio(pcm)
+                    audio_written = item.pts + len(pcm)
+                    stats.audio_bytes += len(item.data)
+                continue
+            stats.count(item)
+            tick = time.perf_counter()
+            frames = decoder.decode(item)
+            stats.codec_seconds += time.perf_counter() - tick
+            for frame in frames:
+                while next_index < frame.seq:  # frames that never came: hold the last one
+                    write(last if last is not None else frame.image)
+                    stats.concealed_frames += 1
+                write(frame.image)
+                last = frame.image
+                stats.concealed_frames += frame.concealed
+                bar.update(1)
+        bar.close()
+        stats.damage = reader.damage
+    if writer is None:
+        raise InputError(f"{source}: no decodable frame")
+    writer.close()
+    stats.wall_seconds = time.perf_counter() - start
+    return stats
+
+
+def file_info(source: str | Path) -> dict[str, Any]:
+    """What ``talkcodec info`` prints: codec, settings, duration, and the kbps split."""
+    with TkcReader(source) as reader:
+        header = reader.header
+        stats = StreamStats(header.codec, float(header.fps))
+        for item in reader:
+            if isinstance(item, AudioChunk):
+                stats.audio_bytes += len(item.data)
+            else:
+                stats.count(item)
+        stats.damage = reader.damage
+    summary = stats.summary()
+    for key in ("concealed_frames", "wall_seconds", "codec_seconds", "processing_fps", "codec_fps"):
+        summary.pop(key)
+    summary.update(
+        file=str(source), file_bytes=Path(source).stat().st_size, size=[header.width, header.height],
+        audio_rate=header.audio_rate, settings=header.settings, source=header.extra.get("source"),
+    )  # fmt: skip
+    return summary
