@@ -163,7 +163,7 @@ class FaceTracker:
         with _native_stderr_silenced():
             self._build(mp, segmentation, pose)
             blank = np.zeros((self.settings.size, self.settings.size, 3), np.uint8)
-            for graph in (self._finder, self._mesh, self._segmenter):
+            for graph in (self._finder, self._mesh, self._segmenter, self._far_detector):
                 if graph is not None:
                     graph.process(blank)  # first inferences log notices: have them now, hidden
         self.box: tuple[float, float, float] | None = None
@@ -178,12 +178,14 @@ class FaceTracker:
         self._finder = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
         )
+        self._far_detector = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
         self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) if segmentation else None
         self._pose = HeadPoseEstimator(self.settings.size) if pose else None
 
     def close(self) -> None:
         self._mesh.close()
         self._finder.close()
+        self._far_detector.close()
         if self._segmenter is not None:
             self._segmenter.close()
 
@@ -202,9 +204,28 @@ class FaceTracker:
         return xyz * np.array([width, height, width], dtype=np.float32)
 
     def detect(self, frame: np.ndarray) -> np.ndarray | None:
-        """Landmarks (478, 3) in source pixels from a one-off full-frame detection, or None."""
+        """Landmarks (478, 3) in source pixels from a one-off full-frame detection, or None.
+
+        Face mesh's own detector misses faces that are small in the frame (a wide shot); then
+        the full-range face detector finds the face and the mesh runs on a square around it.
+        """
         h, w = frame.shape[:2]
-        return self._landmarks(self._finder.process(frame), w, h)
+        found = self._landmarks(self._finder.process(frame), w, h)
+        if found is not None:
+            return found
+        detections = self._far_detector.process(frame).detections
+        if not detections:
+            return None
+        box = detections[0].location_data.relative_bounding_box
+        side = 2.5 * max(box.width * w, box.height * h)
+        region = (box.xmin * w + box.width * w / 2, box.ymin * h + box.height * h / 2, side)
+        size = self.settings.size
+        crop = crop_square(frame, region, size)
+        found = self._landmarks(self._finder.process(crop), size, size)
+        if found is None:
+            return None
+        cx, cy, _ = region
+        return found * (side / size) + np.array([cx - side / 2, cy - side / 2, 0.0], dtype=np.float32)
 
     def _set_box(self, source_landmarks: np.ndarray, frame: np.ndarray) -> None:
         self.box = _square_box(source_landmarks[:, :2], self.settings, (frame.shape[1], frame.shape[0]))

@@ -1,0 +1,44 @@
+"""Shared fixtures: everything the tests need is made here or ships with talkcodec (offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from talkcodec.sample import sample_path
+from talkcodec.video import Mp4Writer
+
+CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clips"
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    """The talking astronaut that ships inside the package (6 s, 25 fps, with speech)."""
+    return sample_path()
+
+
+@pytest.fixture(scope="session")
+def noface_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One second of smooth coloured noise: a valid video with no face in it."""
+    path = tmp_path_factory.mktemp("videos") / "noface.mp4"
+    rng = np.random.default_rng(0)
+    with Mp4Writer(path, 25, (128, 128)) as writer:
+        for _ in range(25):
+            writer.write(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut_frame() -> np.ndarray:
+    from skimage.data import astronaut
+
+    return np.ascontiguousarray(astronaut()[0:320, 20:340])  # (320, 320, 3), face in the middle
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> Path:
+    if not CLIPS.is_dir():
+        pytest.skip(f"real clips not found at {CLIPS} (only CI and developer machines have them)")
+    return CLIPS

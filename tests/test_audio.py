@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from talkcodec.audio import MelSettings, OpusDecoder, OpusEncoder, load_audio, mel_windows, resample
+
+
+def test_load_audio_from_the_sample(sample_video):
+    samples = load_audio(sample_video, 16000)
+    assert samples is not None and samples.dtype == np.float32
+    assert abs(len(samples) / 16000 - 6.0) < 0.1 and np.abs(samples).max() > 0.05
+
+
+def test_video_without_audio_gives_none(noface_video):
+    assert load_audio(noface_video) is None
+
+
+@pytest.mark.parametrize("lookahead", [0.1, 0.0])
+def test_mel_window_is_aligned_to_the_frame_time(lookahead):
+    settings = MelSettings(lookahead_s=lookahead)
+    rate = settings.sample_rate
+    samples = np.zeros(rate * 2, np.float32)
+    click = 1.0  # seconds
+    samples[int(click * rate) : int(click * rate) + 80] = 1.0
+    windows = mel_windows(samples, np.array([click, click - 0.5]), settings)
+    assert windows.shape == (2, settings.n_mels, settings.steps)
+    energy = windows[0].max(axis=0)  # (steps,)
+    loudest_time = click + lookahead - settings.window_s + np.argmax(energy) * settings.hop_s
+    assert abs(loudest_time - click) <= 2 * settings.hop_s
+    assert windows[1].max() < windows[0].max() - 5  # half a second away: silence
+
+
+def test_mel_windows_pad_past_the_ends():
+    windows = mel_windows(np.zeros(1600, np.float32), np.array([0.0, 5.0]))
+    assert np.isfinite(windows).all()
+
+
+def test_opus_roundtrip_keeps_a_tone():
+    rate = 16000
+    t = np.arange(rate) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    encoder = OpusEncoder(sample_rate=rate)
+    packets = encoder.encode(tone) + encoder.encode(None)
+    assert [p for p, _ in packets] == [i * 960 for i in range(len(packets))]
+    decoder = OpusDecoder()
+    out = np.concatenate([decoder.decode(data) for _, data in packets])
+    reference = resample(tone, rate, 48000)
+    lag = 312  # libopus priming
+    a, b = out[lag + 4800 : lag + 40000], reference[4800:40000]
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    assert sum(len(d) for _, d in packets) * 8 / 1000 < 40  # ~24 kbps for one second
+
+
+def test_damaged_opus_packet_is_silence():
+    assert OpusDecoder().decode(b"\xff\x00garbage").shape == (960,)

@@ -1,0 +1,87 @@
+import json
+
+import av
+import pytest
+
+from talkcodec.cli import main
+
+
+def _streams(path):
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video))
+        container.seek(0)
+        audio = container.streams.audio
+        audio_seconds = float(audio[0].duration * audio[0].time_base) if audio else None
+        return frames, (video.width, video.height), audio_seconds
+
+
+@pytest.fixture(scope="module")
+def encoded(sample_video, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    tkc = out / "s.tkc"
+    assert main(["encode", str(sample_video), "-o", str(tkc), "--seconds", "2", "-q"]) == 0
+    return tkc
+
+
+def test_decode_gives_an_mp4_with_audio_in_sync(encoded, tmp_path):
+    mp4 = tmp_path / "s.mp4"
+    assert main(["decode", str(encoded), "-o", str(mp4), "-q"]) == 0
+    frames, size, audio_seconds = _streams(mp4)
+    assert frames == 50 and size == (256, 256)
+    assert abs(audio_seconds - frames / 25) < 0.1
+
+
+def test_info_reports_the_bitrate_split(encoded, capsys):
+    assert main(["info", str(encoded), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["codec"] == "mesh" and info["frames"] == 50 and info["duration_s"] == 2.0
+    assert 0 < info["frame_kbps"] <= 5.0 and info["references"] == 1 and info["reference_bytes"] > 1000
+    assert 10 < info["audio_kbps"] < 40 and info["faceless_frames"] == 0
+    assert main(["info", str(encoded)]) == 0
+    assert "frame kbps" in capsys.readouterr().out
+
+
+def test_truncated_stream_decodes_up_to_the_damage(encoded, tmp_path, capsys):
+    cut = tmp_path / "cut.tkc"
+    data = encoded.read_bytes()
+    cut.write_bytes(data[: len(data) - 3000])  # the reference is whole, about half the frames
+    mp4 = tmp_path / "cut.mp4"
+    assert main(["decode", str(cut), "-o", str(mp4), "-q"]) == 0
+    assert "damaged" in capsys.readouterr().err
+    frames, _, _ = _streams(mp4)
+    assert 10 < frames < 50
+
+
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda p: p.write_text("hello"), ["encode", "{p}", "-q"], "not a readable video"),
+        (lambda p: None, ["encode", "{p}", "-q"], "no such file"),
+        (lambda p: p.write_bytes(b"\x00" * 100), ["decode", "{p}", "-q"], "not a .tkc file"),
+        (lambda p: p.write_bytes(b"TKC\x00\x07"), ["info", "{p}"], "version 7"),
+        (lambda p: None, ["demo", "--codec", "h265", "-q"], "available: mesh"),
+        (lambda p: None, ["encode", "{p}", "--set", "precision", "-q"], "key=value"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, make, args, message):
+    path = tmp_path / "input.bin"
+    make(path)
+    assert main([a.replace("{p}", str(path)) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("talkcodec: error:") and "\n" not in err
+
+
+def test_video_without_a_face_is_refused(noface_video, tmp_path, capsys):
+    out = tmp_path / "x.tkc"
+    assert main(["encode", str(noface_video), "-o", str(out), "-q"]) == 2
+    assert "no face found" in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seconds", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "kbps" in out
+    frames, size, audio_seconds = _streams(tmp_path / "side_by_side.mp4")
+    assert frames == 50 and size == (512, 256) and audio_seconds is not None
+    assert not (tmp_path / "original_crops.mp4").exists()

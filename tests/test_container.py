@@ -1,0 +1,111 @@
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from talkcodec.container import AudioChunk, TkcHeader, TkcReader, TkcWriter
+from talkcodec.errors import ContainerError
+from talkcodec.packet import Packet, PacketKind
+
+MESH = 1
+
+
+def _stream():
+    items = [Packet(MESH, PacketKind.REFERENCE, 0, b"image" * 50, ref_id=0)]
+    for seq in range(60):
+        if seq % 25 == 0:
+            items.append(Packet(MESH, PacketKind.FRAME, seq, bytes([seq]) * 6, key=True, fps=Fraction(25)))
+        else:
+            items.append(Packet(MESH, PacketKind.FRAME, seq, bytes([seq]) * 4, key_distance=seq % 25))
+        items.append(AudioChunk(seq * 1920, b"opus" * 10))
+    return items
+
+
+def _write(path, items):
+    with TkcWriter(path, TkcHeader("mesh", Fraction(25), audio_rate=48000, settings={"precision": 1.0})) as writer:
+        for item in items:
+            if isinstance(item, AudioChunk):
+                writer.write_audio(item.pts, item.data)
+            else:
+                writer.write_packet(item)
+
+
+@pytest.fixture
+def tkc(tmp_path):
+    path = tmp_path / "s.tkc"
+    _write(path, _stream())
+    return path
+
+
+def test_roundtrip(tkc):
+    with TkcReader(tkc) as reader:
+        assert reader.header.codec == "mesh" and reader.header.fps == 25 and reader.header.audio_rate == 48000
+        assert list(reader) == _stream() and reader.damage is None
+
+
+def test_index_and_seek(tkc):
+    with TkcReader(tkc) as reader:
+        index = reader.index()
+        assert [(seq, ref) for _, seq, ref in index] == [(0, True), (0, False), (25, False), (50, False)]
+        first = next(iter(reader.read(reader.seek_offset(37))))
+        assert first.kind == PacketKind.REFERENCE  # decoding frame 37 starts at its reference
+
+
+def test_index_is_rebuilt_when_the_writer_never_closed(tkc, tmp_path):
+    cut = tmp_path / "cut.tkc"
+    data = tkc.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with TkcReader(cut) as reader:
+        assert [seq for _, seq, _ in reader.index()][:2] == [0, 0]
+
+
+def test_every_truncation_reads_a_prefix(tkc, tmp_path):
+    data = tkc.read_bytes()
+    full = _stream()
+    with TkcReader(tkc) as reader:
+        start = reader.data_start
+    for cut in range(start, len(data), 7):
+        path = tmp_path / "t.tkc"
+        path.write_bytes(data[:cut])
+        with TkcReader(path) as reader:
+            items = list(reader)
+        assert items == full[: len(items)]
+
+
+def test_corruption_stops_at_the_damage(tkc):
+    data = bytearray(tkc.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tkc.write_bytes(bytes(data))
+    with TkcReader(tkc) as reader:
+        items = list(reader)
+        assert 0 < len(items) < len(_stream()) and "byte" in reader.damage
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not a .tkc"), (b"RIFF1234WAVE", "not a .tkc"), (b"TKC\x00\x09", "version 9"), (b"TKC\x00\x01\x05ab", "damaged")],
+)
+def test_bad_files_get_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.tkc"
+    path.write_bytes(content)
+    with pytest.raises(ContainerError, match=message):
+        TkcReader(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ContainerError, match="no such file"):
+        TkcReader(tmp_path / "nope.tkc")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_records_never_crash(tmp_path_factory, body):
+    path = tmp_path_factory.mktemp("fuzz") / "f.tkc"
+    _write(path, [])
+    with TkcReader(path) as reader:
+        start = reader.data_start
+    path.write_bytes(path.read_bytes()[:start] + body)  # header intact, records random
+    with TkcReader(path) as reader:
+        list(reader)
+        reader.index()

@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+
+import talkcodec
+from talkcodec.codecs.mesh_model import ShapeModel
+from talkcodec.errors import PacketError, WeightsError
+from talkcodec.metrics import psnr
+from talkcodec.packet import Packet, PacketKind, pack
+from talkcodec.video import read_frames
+
+FRAMES = 75  # 3 s of the sample
+
+
+@pytest.fixture(scope="module")
+def stream(sample_video):
+    """The sample through the mesh encoder: wire bytes per frame and the crops it saw."""
+    codec = talkcodec.get_codec("mesh")
+    encoder = codec.encoder(fps=25)
+    wires, crops = [], []
+    for frame in read_frames(sample_video, fps=25, max_seconds=FRAMES / 25):
+        wires.append([p.to_bytes() for p in encoder.encode(frame)])
+        crops.append(encoder.last_observation.crop)
+    encoder.close()
+    return wires, crops
+
+
+def _decode(wires, drop=lambda seq, packet: False):
+    decoder = talkcodec.get_codec("mesh").decoder()
+    frames = []
+    for seq, group in enumerate(wires):
+        packets = [Packet.from_bytes(w) for w in group]
+        for packet in packets:
+            frames += decoder.decode(None if drop(seq, packet) else packet)
+    return decoder, frames
+
+
+def test_shipped_shape_model_explains_landmarks(stream):
+    model = ShapeModel.load()
+    assert model.basis.shape == (32, 478 * 3)
+    assert np.allclose(model.basis @ model.basis.T, np.eye(32), atol=1e-4)  # orthonormal
+    from talkcodec.face import FaceTracker
+
+    with FaceTracker(segmentation=False) as tracker:
+        landmarks = tracker.process(stream[1][0]).landmarks
+    params = model.analyse(landmarks, 32)
+    error = np.linalg.norm(model.synthesize(params)[:, :2] - landmarks[:, :2], axis=1).mean()
+    assert error < 1.5  # pixels, in a 256x256 crop
+    residual = model.residual(landmarks, params)
+    assert np.abs(model.synthesize(params, residual)[:, :2] - landmarks[:, :2]).max() < 1e-3
+
+
+def test_roundtrip_bitrate_and_quality(stream):
+    wires, crops = stream
+    assert wires[0][0][0] >> 3 & 3 == PacketKind.REFERENCE  # the reference comes first
+    frame_bytes = sum(len(w) for group in wires for w in group if Packet.from_bytes(w).kind == PacketKind.FRAME)
+    kbps = frame_bytes * 8 / 1000 / (len(wires) / 25)
+    assert kbps <= 5.0
+    _, frames = _decode(wires)
+    assert [f.seq for f in frames] == list(range(len(wires))) and not any(f.concealed for f in frames)
+    quality = [psnr(c, f.image) for c, f in zip(crops, frames)]
+    assert np.mean(quality) > 24
+    still = talkcodec.get_codec("mesh").decoder()  # warping nothing would score far worse on motion
+    reference = [still.decode(Packet.from_bytes(w)) for w in wires[0]][-1][0].image
+    assert np.mean(quality) > np.mean([psnr(c, reference) for c in crops]) + 1.0
+
+
+def test_lost_delta_packets_are_concealed(stream):
+    wires, _ = stream
+    lost = {5, 6, 17, 40}
+    decoder, frames = _decode(wires, drop=lambda seq, p: seq in lost and p.kind == PacketKind.FRAME)
+    assert len(frames) == len(wires)
+    assert [f.seq for f in frames if f.concealed] == sorted(lost)
+    assert not decoder.needs_key
+
+
+def test_lost_key_asks_for_one_and_recovers(stream):
+    wires, _ = stream
+    decoder, frames = _decode(wires, drop=lambda seq, p: seq == 25 and p.key)
+    concealed = [f.seq for f in frames if f.concealed]
+    assert concealed == list(range(25, 50))  # until the next key (every 25 frames)
+    assert not decoder.needs_key and not frames[-1].concealed
+
+
+def test_decoder_without_reference_waits(stream):
+    wires, _ = stream
+    decoder = talkcodec.get_codec("mesh").decoder()
+    assert decoder.decode(Packet.from_bytes(wires[0][1])) == []  # a key but no reference yet: nothing to show
+    assert decoder.needs_key
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{}, {"image": b"junk", "k": 16, "precision": 1.0}, {"image": None}, {"k": 99}],
+)
+def test_malformed_reference_is_a_packet_error(stream, meta):
+    decoder = talkcodec.get_codec("mesh").decoder()
+    with pytest.raises(PacketError):
+        decoder.decode(Packet(1, PacketKind.REFERENCE, 0, pack(meta)))
+
+
+def test_corrupted_frame_payloads_never_crash(stream):
+    wires, _ = stream
+    decoder = talkcodec.get_codec("mesh").decoder()
+    rng = np.random.default_rng(0)
+    for group in wires[:30]:
+        for wire in group:
+            packet = Packet.from_bytes(wire)
+            if packet.kind == PacketKind.FRAME and packet.payload:
+                packet = Packet(1, PacketKind.FRAME, packet.seq, rng.bytes(len(packet.payload)), packet.key,
+                                packet.key_distance, packet.ref_id, packet.fps)  # fmt: skip
+            try:
+                for frame in decoder.decode(packet):
+                    assert frame.image.shape == (256, 256, 3)
+            except PacketError:
+                pass
+
+
+def test_faceless_video_sends_hold_packets(noface_video):
+    codec = talkcodec.get_codec("mesh")
+    encoder, decoder = codec.encoder(), codec.decoder()
+    sizes = []
+    for frame in read_frames(noface_video):
+        for packet in encoder.encode(frame):
+            frames = decoder.decode(Packet.from_bytes(packet.to_bytes()))
+            if packet.kind == PacketKind.FRAME:
+                sizes.append(len(packet.to_bytes()))
+                assert len(frames) == 1 and not packet.payload
+    assert max(sizes) <= 7  # a header and nothing else
+
+
+def test_broken_model_file_is_a_weights_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(WeightsError):
+        talkcodec.get_codec("mesh", model=str(path))
