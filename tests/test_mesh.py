@@ -133,3 +133,21 @@ def test_broken_model_file_is_a_weights_error(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(WeightsError):
         talkcodec.get_codec("mesh", model=str(path))
+
+
+def test_face_that_leaves_and_returns_gets_a_new_reference(astronaut_frame):
+    noise = np.random.default_rng(0).integers(0, 255, astronaut_frame.shape, dtype=np.uint8)
+    moved = np.roll(astronaut_frame, 50, axis=1)
+    codec = talkcodec.get_codec("mesh")
+    encoder, decoder = codec.encoder(), codec.decoder()
+    kinds, frames = [], []
+    for frame in [astronaut_frame] * 5 + [noise] * 5 + [moved] * 5:
+        for packet in encoder.encode(frame):
+            kinds.append((packet.seq, packet.kind, bool(packet.payload)))
+            frames += decoder.decode(Packet.from_bytes(packet.to_bytes()))
+    references = [seq for seq, kind, _ in kinds if kind == PacketKind.REFERENCE]
+    assert references == [0, 10]  # the first frame, and the face's return in a new crop
+    holds = [seq for seq, kind, payload in kinds if kind == PacketKind.FRAME and not payload]
+    assert holds == [5, 6, 7, 8, 9]
+    assert [f.seq for f in frames] == list(range(15)) and not any(f.concealed for f in frames)
+    assert np.array_equal(frames[7].image, frames[4].image)  # held while the face was away
