@@ -148,12 +148,7 @@ class MeshEncoder(Encoder):
             packets.append(self._reference_packet(observation, symbols))
             self._want_reference, self._want_key = False, True
         distance = self._seq - self._key_seq
-        key = (
-            self._want_key
-            or self._key_symbols is None
-            or distance >= self.settings.key_interval
-            or distance > MAX_KEY_DISTANCE * 16
-        )
+        key = self._want_key or self._key_symbols is None or distance >= self.settings.key_interval
         codec_id = self.codec.codec_id
         if key:
             payload = b"" if symbols is None else self.coding.key_coder.encode(symbols - self.coding.centre)
