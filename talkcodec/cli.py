@@ -1,4 +1,4 @@
-"""The ``talkcodec`` command: encode | decode | info | demo | fit-mesh.
+"""The ``talkcodec`` command: encode | decode | info | demo | bench | fit-mesh.
 
 Every subcommand is ``main(argv)``-callable (tests use that); user mistakes end in one line on
 stderr and exit status 2, never a traceback.
@@ -123,6 +123,14 @@ def cmd_fit_mesh(args: argparse.Namespace) -> None:
           f"face scale {np.round(model.info['face_scale_px'], 1)} px")  # fmt: skip
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench.run import run
+
+    report = run(args)
+    print(f"{args.out}/results.md: {len(report['cells'])} cells on {len(report['clips'])} clip(s), "
+          f"{len(report['skipped'])} input(s) skipped, {len(report['failed'])} cell(s) failed")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="talkcodec", description="Send a face instead of pixels.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="only the first N seconds")
     common(p)
     p.set_defaults(run=cmd_demo)
+
+    from .bench.run import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="rate-distortion of every codec against x264/x265/VP8/VP9/AV1")
+    add_bench_arguments(p)
+    p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("fit-mesh", help="(maintainers) fit the mesh codec's shape model on videos")
     p.add_argument("videos", nargs="+")

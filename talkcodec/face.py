@@ -37,6 +37,7 @@ class CropSettings:
     shift_down: float = 0.10  # centre moves down by this x face height (towards the shoulders)
     recentre_at: float = 0.22  # recentre when the face centre drifts this far (x crop side)
     rescale_at: float = 1.4  # ... or the face size changes by this factor
+    track: bool = True  # False: frames are already face crops; use each whole (a centred square)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class HeadPoseEstimator:
         return np.array([yaw, pitch, roll], dtype=np.float32)
 
 
-def _square_box(points: np.ndarray, settings: CropSettings, frame_size: tuple[int, int]) -> tuple[float, float, float]:
+def square_box(points: np.ndarray, settings: CropSettings, frame_size: tuple[int, int]) -> tuple[float, float, float]:
     """Head-and-shoulders square (centre x, centre y, side) around landmark points (N, 2),
     moved to lie inside the frame (width, height) where it fits, so edges are not smeared."""
     lo, hi = points.min(axis=0), points.max(axis=0)
@@ -228,7 +229,7 @@ class FaceTracker:
         return found * (side / size) + np.array([cx - side / 2, cy - side / 2, 0.0], dtype=np.float32)
 
     def _set_box(self, source_landmarks: np.ndarray, frame: np.ndarray) -> None:
-        self.box = _square_box(source_landmarks[:, :2], self.settings, (frame.shape[1], frame.shape[0]))
+        self.box = square_box(source_landmarks[:, :2], self.settings, (frame.shape[1], frame.shape[0]))
         self._face_height = float(np.ptp(source_landmarks[:, 1]))
         cx, cy, side = self.box
         centre = (source_landmarks[:, :2].min(axis=0) + source_landmarks[:, :2].max(axis=0)) / 2.0
@@ -251,6 +252,9 @@ class FaceTracker:
         frame = np.ascontiguousarray(frame)
         size = self.settings.size
         changed = False
+        if self.box is None and not self.settings.track:
+            h, w = frame.shape[:2]
+            self.box, changed = (w / 2, h / 2, float(min(w, h))), True
         if self.box is None:
             found = self.detect(frame)
             h, w = frame.shape[:2]
@@ -261,9 +265,11 @@ class FaceTracker:
             changed = True
         crop = crop_square(frame, self.box, size)
         landmarks = self._landmarks(self._mesh.process(crop), size, size)
-        if landmarks is not None and self._drifted(landmarks):
+        if not self.settings.track:
+            pass  # the caller cropped: never move
+        elif landmarks is not None and self._drifted(landmarks):
             landmarks = None  # fall through to a full-frame search and a new crop
-        if landmarks is None:
+        if landmarks is None and self.settings.track:
             found = self.detect(frame)
             if found is not None:
                 self._set_box(found, frame)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..api import Codec, Decoder, Encoder, Frame
 from ..errors import PacketError, TalkcodecError
-from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation, FaceTracker
+from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, CropSettings, FaceObservation, FaceTracker
 from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
 from ..quant import LaplaceCoder, Quantizer
 from ..registry import register_codec
@@ -42,6 +42,7 @@ class MeshSettings:
     reference_quality: int = 90
     refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
     mouth_fill: bool = True  # paint the mouth interior when it opens wider than in the reference
+    crop: bool = True  # False: input frames are already square face crops (the bench's)
     model: str | None = None  # path to a shape model; None = the one shipped with talkcodec
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ class MeshEncoder(Encoder):
     def __init__(self, codec: MeshCodec, fps: Fraction):
         self.codec, self.settings, self.fps = codec, codec.settings, fps
         self.coding = _StreamCoding(codec.model, self.settings.coefficients, self.settings.precision)
-        self.tracker = FaceTracker(segmentation=False)
+        self.tracker = FaceTracker(CropSettings(track=self.settings.crop), segmentation=False)
         self.last_observation: FaceObservation | None = None
         self._seq = 0
         self._ref_id = -1

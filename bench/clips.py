@@ -1,0 +1,74 @@
+"""Bench inputs: each video cropped ONCE to the 256x256 face crop at 25 fps (the same crop for
+every codec), from a fixed box around the first frame's face, widened to head and shoulders.
+
+Crops are cached losslessly (``crops/NAME.mp4``, bit-exact RGB) with the original's landmarks
+(``crops/NAME.npy``) so reruns and worker processes do not redo the face work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..video import Mp4Writer, read_frames
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+FIND_FACE_S = 2.0  # the face must show within the first 2 seconds
+
+
+@dataclass
+class Clip:
+    name: str
+    frames: np.ndarray  # (T, 256, 256, 3) uint8
+    fps: float
+    landmarks: np.ndarray  # (T, 478, 2) of the original crop, NaN where no face
+
+
+def expand(paths: list[str | Path]) -> list[Path]:
+    """Videos named directly, and those inside named folders (sorted)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        else:
+            out.append(path)
+    return out
+
+
+def crop_clip(path: Path, seconds: float, fps: float = 25.0) -> np.ndarray:
+    """(T, 256, 256, 3) crops of the first ``seconds``; ``InputError`` when no face shows."""
+    from ..face import CROP_SIZE, CropSettings, FaceTracker, crop_square, square_box
+
+    frames = list(read_frames(path, fps=fps, max_seconds=seconds))
+    box = None
+    with FaceTracker(segmentation=False, pose=False) as tracker:
+        for frame in frames[: int(FIND_FACE_S * fps) + 1]:
+            found = tracker.detect(frame)
+            if found is not None:
+                box = square_box(found[:, :2], CropSettings(), (frame.shape[1], frame.shape[0]))
+                break
+    if box is None:
+        raise InputError(f"{path.name}: no face in the first {FIND_FACE_S:g} s")
+    return np.stack([crop_square(f, box, CROP_SIZE) for f in frames])
+
+
+def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0) -> Clip:
+    """The clip's crops and landmarks, from the cache when they were made with the same settings."""
+    from .quality import landmarks
+
+    cache.mkdir(parents=True, exist_ok=True)
+    video, marks, meta = cache / f"{path.stem}.mp4", cache / f"{path.stem}.npy", cache / f"{path.stem}.json"
+    wanted = {"source": str(path.resolve()), "seconds": seconds, "fps": fps}
+    if not (meta.exists() and json.loads(meta.read_text()) == wanted and video.exists() and marks.exists()):
+        frames = crop_clip(path, seconds, fps)
+        with Mp4Writer(video, fps, (frames.shape[2], frames.shape[1]), lossless=True) as writer:
+            for frame in frames:
+                writer.write(frame)
+        np.save(marks, landmarks(frames))
+        meta.write_text(json.dumps(wanted))
+    frames = np.stack(list(read_frames(video)))
+    return Clip(path.stem, frames, fps, np.load(marks))

@@ -1,0 +1,111 @@
+"""The codecs under test, each turned into ``run(frames, fps, setting) -> Coded``.
+
+Conventional codecs go through ``av.CodecContext`` in memory (no container, no temp file) at
+real-time call settings: no B-frames, no look-ahead, one key frame every 10 seconds (a call
+asks for more only on loss). Encoders are flushed and every packet's bytes are counted.
+talkcodec codecs go through their own encoder/decoder, counting ``len(packet.to_bytes())``,
+with the reference image's bytes kept apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import numpy as np
+
+KEY_INTERVAL_S = 10
+
+
+@dataclass
+class Coded:
+    decoded: np.ndarray  # (T, H, W, 3) uint8
+    frame_bytes: int  # everything but the one-off reference
+    reference_bytes: int = 0  # talkcodec only: the reference image(s)
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Conventional:
+    encoder: str
+    decoder: str
+    options: dict[str, str]
+    label: str
+
+    def run(self, frames: np.ndarray, fps: float, kbps: float) -> Coded:
+        rate = Fraction(fps).limit_denominator(1001)
+        enc = av.CodecContext.create(self.encoder, "w")
+        enc.width, enc.height = frames.shape[2], frames.shape[1]
+        enc.pix_fmt = "yuv420p"
+        enc.time_base = 1 / rate
+        enc.framerate = rate
+        enc.bit_rate = int(kbps * 1000)
+        enc.gop_size = int(KEY_INTERVAL_S * fps)
+        enc.max_b_frames = 0
+        enc.options = dict(self.options)
+        dec = av.CodecContext.create(self.decoder, "r")
+        packets: list[av.Packet] = []
+        start = time.perf_counter()
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            packets += enc.encode(frame)
+        packets += enc.encode(None)  # flush: encoders lag their input
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = []
+        for packet in packets:
+            decoded += [f.to_ndarray(format="rgb24") for f in dec.decode(packet)]
+        decoded += [f.to_ndarray(format="rgb24") for f in dec.decode(None)]
+        decode_s = time.perf_counter() - start
+        if len(decoded) != len(frames):
+            raise RuntimeError(f"{self.label}: {len(frames)} frames in, {len(decoded)} out")
+        return Coded(np.stack(decoded), sum(p.size for p in packets), 0, encode_s, decode_s)
+
+
+CONVENTIONAL: dict[str, Conventional] = {
+    "x264": Conventional("libx264", "h264", {"preset": "veryfast", "tune": "zerolatency"}, "H.264 (x264)"),
+    "x265": Conventional(
+        "libx265", "hevc", {"preset": "veryfast", "tune": "zerolatency", "x265-params": "log-level=none"}, "H.265 (x265)"
+    ),
+    "vp8": Conventional("libvpx", "vp8", {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}, "VP8"),
+    "vp9": Conventional(
+        "libvpx-vp9", "vp9", {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "row-mt": "1"}, "VP9"
+    ),
+    "av1": Conventional("libsvtav1", "libdav1d", {"preset": "10", "svtav1-params": "pred-struct=1:rc=2:rtc=1"}, "AV1 (SVT-AV1)"),
+}
+
+
+def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float) -> Coded:
+    """A talkcodec codec on pre-cropped 256x256 frames (``crop=False``: the bench's crop)."""
+    from ..packet import Packet, PacketKind
+    from ..registry import get_codec
+
+    codec = get_codec(name, **settings, crop=False)
+    encoder, decoder = codec.encoder(fps=fps), codec.decoder()
+    wires: list[bytes] = []
+    frame_bytes = reference_bytes = 0
+    start = time.perf_counter()
+    for rgb in frames:
+        for packet in encoder.encode(rgb):
+            wire = packet.to_bytes()
+            wires.append(wire)
+            if packet.kind == PacketKind.REFERENCE:
+                reference_bytes += len(wire)
+            else:
+                frame_bytes += len(wire)
+    wires += [p.to_bytes() for p in encoder.flush()]
+    encode_s = time.perf_counter() - start
+    encoder.close()
+    decoded: list[np.ndarray] = []
+    start = time.perf_counter()
+    for wire in wires:
+        decoded += [f.image for f in decoder.decode(Packet.from_bytes(wire))]
+    decode_s = time.perf_counter() - start
+    if len(decoded) != len(frames):
+        raise RuntimeError(f"{name}: {len(frames)} frames in, {len(decoded)} out")
+    return Coded(np.stack(decoded), frame_bytes, reference_bytes, encode_s, decode_s)

