@@ -1,4 +1,4 @@
-"""The ``talkcodec`` command: encode | decode | info | demo | bench | fit-mesh.
+"""The ``talkcodec`` command: encode | decode | info | demo | call | bench | fit-mesh.
 
 Every subcommand is ``main(argv)``-callable (tests use that); user mistakes end in one line on
 stderr and exit status 2, never a traceback.
@@ -123,6 +123,48 @@ def cmd_fit_mesh(args: argparse.Namespace) -> None:
           f"face scale {np.round(model.info['face_scale_px'], 1)} px")  # fmt: skip
 
 
+def cmd_call(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from .transport.call import CallOptions, loopback, run_over_signaling, use_loopback_only
+
+    options = CallOptions(
+        input=args.input, codec=args.codec, settings=_parse_settings(args.set), loop=args.loop, seconds=args.seconds,
+        record=args.record, stats_path=args.stats, live_stats=args.stats is not None and not args.quiet,
+        show=args.show, virtual_camera=args.virtual_camera, loss=args.loss,
+    )  # fmt: skip
+    if args.loopback:
+        if not args.input:
+            raise TalkcodecError("--loopback needs --input (the face to send to yourself)")
+        receiving = CallOptions(record=args.record, stats_path=args.stats, live_stats=options.live_stats,
+                                show=args.show, virtual_camera=args.virtual_camera)  # fmt: skip
+        options.record, options.stats_path, options.live_stats = None, None, False
+        options.show = options.virtual_camera = False
+        _, peer, reason = asyncio.run(loopback(options, receiving))
+        print(f"call ended: {reason}\n{json.dumps(peer.stats.summary(), indent=1)}")
+        return
+    from aiortc.contrib.signaling import CopyAndPasteSignaling, TcpSocketSignaling
+
+    if args.local_only:
+        use_loopback_only()
+    if args.listen is not None:
+        while True:  # a listener takes the next call when one ends (reconnects)
+            print(f"waiting for a call on port {args.listen} ...", file=sys.stderr)
+            reason, summary = asyncio.run(run_over_signaling(TcpSocketSignaling("0.0.0.0", args.listen), options, True))
+            print(f"call ended: {reason}\n{json.dumps(summary, indent=1)}")
+            if args.once:
+                return
+    if args.connect:
+        host, _, port = args.connect.rpartition(":")
+        if not host or not port.isdigit():
+            raise TalkcodecError(f"--connect expects HOST:PORT, got {args.connect!r}")
+        signaling = TcpSocketSignaling(host, int(port))
+        reason, summary = asyncio.run(run_over_signaling(signaling, options, False))
+    else:
+        reason, summary = asyncio.run(run_over_signaling(CopyAndPasteSignaling(), options, args.sdp == "offer"))
+    print(f"call ended: {reason}\n{json.dumps(summary, indent=1)}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench.run import run
 
@@ -169,6 +211,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="only the first N seconds")
     common(p)
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("call", help="a live call over WebRTC (aiortc): send your face, see theirs")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--listen", type=int, metavar="PORT", help="wait for a call on this TCP port (signaling)")
+    how.add_argument("--connect", metavar="HOST:PORT", help="call a listening peer")
+    how.add_argument("--sdp", choices=["offer", "answer"], help="signal by copy-and-paste of SDP (one side offers)")
+    how.add_argument("--loopback", action="store_true", help="both peers in this process over 127.0.0.1")
+    p.add_argument("--input", help="video file or camera (/dev/video0) to send; none = receive only")
+    p.add_argument("--codec", default="mesh", help=codec_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="codec setting")
+    p.add_argument("--record", help="record what you receive (face + audio) to this mp4")
+    p.add_argument("--stats", nargs="?", const="call-stats.jsonl", help="print stats each second and log them (JSON lines)")
+    p.add_argument("--loop", action="store_true", help="loop the input file")
+    p.add_argument("--seconds", type=float, help="send only this long")
+    p.add_argument("--show", action="store_true", help="show the received face in a window")
+    p.add_argument("--virtual-camera", action="store_true", help="send the received face to a virtual camera (pyvirtualcam)")
+    p.add_argument("--local-only", action="store_true", help="ICE on 127.0.0.1 only (no network)")
+    p.add_argument("--once", action="store_true", help="with --listen: take one call, then exit")
+    p.add_argument("--loss", type=float, default=0.0, help=argparse.SUPPRESS)  # testing: drop this share of frame packets
+    common(p)
+    p.set_defaults(run=cmd_call)
 
     from .bench.run import add_arguments as add_bench_arguments
 

@@ -128,6 +128,10 @@ class Mp4Writer:
         self._frames = 0
         self._samples = 0
 
+    @property
+    def frames_written(self) -> int:
+        return self._frames
+
     def write(self, rgb: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self._frames

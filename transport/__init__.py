@@ -1,4 +1,6 @@
-"""WebRTC transport (aiortc) for live calls (``talkcodec.transport`` once installed).
+"""Live calls over WebRTC with aiortc (``talkcodec.transport`` once installed).
 
-Empty until the live-call work lands.
+call.py (peers, signaling, loopback) -> peer.py (FaceSender / FaceReceiver over the
+``frames`` and ``control`` data channels) -> jitter.py, media.py (audio track, regenerated
+video track), stats.py (per-second figures).
 """

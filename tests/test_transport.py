@@ -1,0 +1,145 @@
+"""Live calls over aiortc, two peers in one process on 127.0.0.1 (offline)."""
+
+import asyncio
+import json
+
+import av
+import pytest
+
+from talkcodec.cli import main
+from talkcodec.packet import Packet, PacketKind
+from talkcodec.transport.call import CallOptions, Peer, loopback, use_loopback_only
+from talkcodec.transport.jitter import JitterBuffer
+from talkcodec.transport.peer import LossyChannel
+
+SECONDS = 3.0
+
+
+def _call(sample, loss=0.0, **receiver):
+    async def run():
+        frames = []
+        a, b, reason = None, None, None
+
+        async def watch(track):
+            from aiortc.mediastreams import MediaStreamError
+
+            while True:
+                try:
+                    frames.append(await track.recv())
+                except MediaStreamError:
+                    return
+
+        use_loopback_only()
+        a, b = Peer(CallOptions(input=str(sample), seconds=SECONDS, loss=loss), "a"), Peer(CallOptions(**receiver), "b")
+        await a.pc.setRemoteDescription(await b.answer(await a.offer()))
+        watcher = asyncio.ensure_future(watch(b.receiver.track))
+        reasons = await asyncio.gather(a.run(), b.run())
+        await watcher
+        return a, b, reasons[1], frames
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def clean_call(sample_video, tmp_path_factory):
+    record = tmp_path_factory.mktemp("call") / "received.mp4"
+    return _call(sample_video, record=str(record)) + (record,)
+
+
+def test_every_packet_arrives_and_the_track_plays_at_frame_rate(clean_call):
+    a, b, reason, frames, _ = clean_call
+    assert reason == "the other side hung up"
+    sent, got = a.stats.total, b.stats.total
+    assert sent.frame_packets_sent == got.frame_packets_received == SECONDS * 25
+    assert got.frames_shown == SECONDS * 25 and got.frames_concealed == 0
+    assert len(frames) == SECONDS * 25 and all(f.width == 256 and f.height == 256 for f in frames)
+    assert {b.pts - a.pts for a, b in zip(frames, frames[1:])} == {3600}  # 25 fps on a 90 kHz clock
+    summary = b.stats.summary()
+    assert 100 < summary["latency_ms_median"] < 400  # 120 ms playout delay + decoding
+
+
+def test_the_recording_has_the_face_and_the_audio(clean_call):
+    *_, record = clean_call
+    with av.open(str(record)) as container:
+        durations = {s.type: float(s.duration * s.time_base) for s in container.streams}
+    assert durations["video"] == pytest.approx(SECONDS, abs=0.05)
+    assert durations["audio"] == pytest.approx(SECONDS, abs=0.1)
+
+
+@pytest.mark.parametrize("loss", [0.1, 0.3])
+def test_loss_is_concealed_and_recovered(sample_video, loss):
+    _, b, _, frames = _call(sample_video, loss=loss)
+    got = b.stats.total
+    assert got.frames_shown == SECONDS * 25  # every frame still comes out
+    assert got.frames_concealed == pytest.approx(loss * SECONDS * 25, abs=2)
+    run = longest = 0
+    for _, concealed in b.receiver.shown:
+        run = run + 1 if concealed else 0
+        longest = max(longest, run)
+    assert longest <= 25  # never more than a second without a real frame
+
+
+def test_a_vanished_peer_ends_the_call(sample_video):
+    async def run():
+        use_loopback_only()
+        a = Peer(CallOptions(input=str(sample_video), loop=True), "a")
+        b = Peer(CallOptions(vanish_after=1.5), "b")
+        await a.pc.setRemoteDescription(await b.answer(await a.offer()))
+        sending = asyncio.ensure_future(a.run())
+        await asyncio.sleep(2.0)
+        for task in a._tasks:  # the sender's process freezes: no frames, no keepalive, no goodbye
+            task.cancel()
+        started = asyncio.get_running_loop().time()
+        reason = await asyncio.wait_for(b.run(), 10)
+        waited = asyncio.get_running_loop().time() - started
+        sending.cancel()
+        await a.close()
+        return reason, waited
+
+    reason, waited = asyncio.run(run())
+    assert "vanished" in reason and waited < 5
+
+
+def test_lossy_channel_is_deterministic():
+    class Sink:
+        bufferedAmount = 0
+
+        def __init__(self):
+            self.got = []
+
+        def send(self, data):
+            self.got.append(data)
+
+    sink = Sink()
+    channel = LossyChannel(sink, 0.25)
+    for i in range(100):
+        channel.send(bytes([i]))
+    assert len(sink.got) == 75
+
+
+def test_jitter_buffer_reorders_and_refuses():
+    buffer = JitterBuffer(capacity=10)
+    packets = [Packet(1, PacketKind.FRAME, s, b"x", key_distance=s) for s in range(1, 8)]
+    for p in (packets[2], packets[0], packets[1]):
+        assert buffer.push(p)
+    assert not buffer.push(packets[0])  # duplicate
+    buffer.start(1)
+    assert [buffer.pop()[0] for _ in range(4)] == [1, 2, 3, 4]
+    assert not buffer.push(packets[1])  # seq 2 is late now
+    assert not buffer.push(Packet(1, PacketKind.FRAME, 99, b"", key_distance=1))  # too far ahead
+    assert buffer.late == 1 and buffer.duplicates == 1 and buffer.refused == 1
+
+
+def test_cli_loopback_call_writes_stats(sample_video, tmp_path, capsys):
+    stats = tmp_path / "stats.jsonl"
+    assert main(["call", "--loopback", "--input", str(sample_video), "--seconds", "2", "--stats", str(stats), "-q"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["frames_shown"] == 50
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    assert records and {"frame_kbps_received", "audio_kbps_received", "fps_shown", "loss_pct", "latency_ms"} <= set(records[0])
+
+
+def test_cli_call_needs_an_input_for_loopback(capsys):
+    assert main(["call", "--loopback"]) == 2
+    assert "--loopback needs --input" in capsys.readouterr().err

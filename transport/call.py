@@ -1,0 +1,200 @@
+"""Setting up a call: one ``Peer`` per side (a sender when it has an input, always a receiver),
+signaling over TCP or copy-and-paste (aiortc's own), or both peers in one process
+(``loopback``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.signaling import BYE, BaseSignaling
+
+from talkcodec.errors import TalkcodecError
+
+from .peer import FaceReceiver, FaceSender, LossyChannel, frames_channel_options
+from .stats import CallStats
+
+KEEPALIVE_S = 1.0
+
+
+@dataclass
+class CallOptions:
+    input: str | None = None  # a video file, or /dev/videoN; None = receive only
+    codec: str = "mesh"
+    settings: dict[str, Any] = field(default_factory=dict)
+    fps: float = 25.0
+    loop: bool = False  # loop the input file
+    seconds: float | None = None  # send only this long
+    record: str | None = None  # mp4 of what this side receives (face + audio)
+    stats_path: str | None = None  # JSON lines, one record a second
+    live_stats: bool = False  # print the records as they come
+    show: bool = False  # a window (needs a display)
+    virtual_camera: bool = False  # pyvirtualcam, so other call apps can use the face
+    loss: float = 0.0  # drop this share of outgoing frame packets (testing)
+    playout_delay: float = 0.12  # seconds between capture and display, for jitter
+    vanish_after: float = 3.0  # end the call after this long without a message
+
+
+def use_loopback_only() -> None:
+    """Gather ICE candidates on 127.0.0.1 only (a machine without a network, tests, loopback)."""
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+class Peer:
+    def __init__(self, options: CallOptions, name: str = "peer"):
+        self.options, self.name = options, name
+        self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None)
+        self.pc = RTCPeerConnection()
+        self.sender = (
+            FaceSender(options.input, options.codec, options.settings, options.fps, options.loop, options.seconds, self.stats)
+            if options.input
+            else None
+        )
+        self.receiver = FaceReceiver(self.stats, options.playout_delay, options.vanish_after, options.record,
+                                     options.show, options.virtual_camera)  # fmt: skip
+        self.channels: dict[str, Any] = {}
+        self._open = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+        @self.pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio":
+                self._tasks.append(asyncio.ensure_future(self.receiver.pull_audio(track)))
+
+        @self.pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            self._add_channel(channel)
+
+    def _add_channel(self, channel: Any) -> None:
+        self.channels[channel.label] = channel
+
+        @channel.on("message")
+        def on_message(data: bytes | str) -> None:
+            message = self.receiver.on_message(data, self._send_control)
+            if message and self.sender is not None:
+                self.sender.on_control(message)
+
+        def opened() -> None:
+            if {"frames", "control"} <= {label for label, c in self.channels.items() if c.readyState == "open"}:
+                self._open.set()
+
+        channel.on("open", opened)
+        if channel.readyState == "open":
+            opened()
+
+    def _send_control(self, text: str) -> None:
+        control = self.channels.get("control")
+        if control is not None and control.readyState == "open":
+            control.send(text)
+
+    def _add_media(self) -> None:
+        if self.sender is not None and self.sender.audio is not None:
+            self.pc.addTrack(self.sender.audio)
+
+    async def offer(self) -> RTCSessionDescription:
+        self._add_channel(self.pc.createDataChannel("frames", **frames_channel_options()))
+        self._add_channel(self.pc.createDataChannel("control"))
+        self._add_media()
+        if not self.pc.getTransceivers():
+            self.pc.addTransceiver("audio", direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        await self.pc.setRemoteDescription(offer)
+        self._add_media()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    def connected(self) -> bool:
+        return self.pc.connectionState not in ("failed", "closed") and all(
+            c.readyState == "open" for c in self.channels.values()
+        )
+
+    async def _keepalive(self) -> None:
+        """Once a second: "alive", with the audio bytes this side has sent (aiortc's inbound
+        stats count no bytes, so the receiver learns the audio bitrate on the wire from here)."""
+        while True:
+            self._send_control(json.dumps({"type": "alive", "audio_bytes": self.stats.total.audio_bytes_sent}))
+            await asyncio.sleep(KEEPALIVE_S)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for report in (await self.pc.getStats()).values():
+                if getattr(report, "kind", None) == "audio" and report.type == "outbound-rtp":
+                    self.stats.total.audio_bytes_sent = report.bytesSent
+            self.stats.tick()
+
+    async def run(self, connect_timeout: float = 15.0) -> str:
+        """Run the call once connected; returns why it ended."""
+        try:
+            await asyncio.wait_for(self._open.wait(), connect_timeout)
+        except asyncio.TimeoutError:
+            raise TalkcodecError(f"no connection within {connect_timeout:g} s (is the other side running?)") from None
+        self._tasks += [asyncio.ensure_future(self._keepalive()), asyncio.ensure_future(self._tick())]
+        if self.sender is not None:
+            frames = self.channels["frames"]
+            if self.options.loss:
+                frames = LossyChannel(frames, self.options.loss)
+            sending = asyncio.ensure_future(self.sender.run(frames, self.channels["control"]))
+            sending.add_done_callback(self._sender_done)
+            self._tasks.append(sending)
+        try:
+            return await self.receiver.run(self._send_control, self.connected)
+        finally:
+            await self.close()
+
+    def _sender_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.receiver.abort(f"sending failed: {type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            self.sender.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.pc.close()
+        self.stats.tick()  # the last, partial second
+        self.stats.close()
+
+
+async def run_over_signaling(signaling: BaseSignaling, options: CallOptions, offerer: bool) -> tuple[str, dict]:
+    """One call through ``signaling``; the offerer speaks first (with TCP it is the listener)."""
+    peer = Peer(options, "offerer" if offerer else "answerer")
+    await signaling.connect()
+    try:
+        if offerer:
+            await signaling.send(await peer.offer())
+            answer = await signaling.receive()
+            if not isinstance(answer, RTCSessionDescription):
+                raise TalkcodecError("the other side hung up before answering")
+            await peer.pc.setRemoteDescription(answer)
+        else:
+            offer = await signaling.receive()
+            if not isinstance(offer, RTCSessionDescription) or offer is BYE:
+                raise TalkcodecError("the other side hung up before calling")
+            await signaling.send(await peer.answer(offer))
+        reason = await peer.run()
+    finally:
+        await signaling.close()
+    return reason, peer.stats.summary()
+
+
+async def loopback(sender: CallOptions, receiver: CallOptions) -> tuple[Peer, Peer, str]:
+    """Both peers in this process over 127.0.0.1; returns them and why the receiver stopped."""
+    use_loopback_only()
+    a, b = Peer(sender, "sender"), Peer(receiver, "receiver")
+    offer = await a.offer()
+    await a.pc.setRemoteDescription(await b.answer(offer))
+    results = await asyncio.gather(a.run(), b.run())
+    return a, b, results[1]

@@ -1,0 +1,324 @@
+"""The two halves of a talkcodec call over one RTCPeerConnection.
+
+Channels (both directions share them): ``frames`` is unordered with no retransmission (a late
+frame is a useless frame), ``control`` is reliable and ordered and carries reference images
+(binary talkcodec packets) and transport messages (JSON text: start, key/reference requests,
+bye). Audio is an ordinary Opus track.
+
+Sender: capture + encode run in a worker thread paced on the frame clock, feeding a bounded
+asyncio queue; the event loop sends, dropping frame packets while the channel's buffer is
+full (congestion) instead of queueing without bound.
+Receiver: jitter buffer keyed on seq, playout ``playout_delay`` after capture time, decoding
+on a worker thread, concealment for missing packets, key requests when the decoder needs a
+key, output as a ``RegeneratedTrack`` and optionally an mp4 recording with the audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkcodec.audio import OPUS_RATE
+from talkcodec.errors import PacketError
+from talkcodec.packet import Packet, PacketKind
+from talkcodec.registry import get_codec
+from talkcodec.video import Mp4Writer, read_frames
+
+from .jitter import JitterBuffer
+from .media import FileAudioTrack, MonoResampler, RegeneratedTrack
+from .stats import CallStats
+
+CHANNEL_BUFFER_LIMIT = 16 * 1024  # bytes waiting in the frames channel before packets are dropped
+KEY_REQUEST_INTERVAL = 0.25  # seconds between two key requests
+
+
+def frames_channel_options() -> dict[str, Any]:
+    return {"ordered": False, "maxRetransmits": 0}
+
+
+class LossyChannel:
+    """Drops a deterministic share of sent messages (tests and benchmarks of packet loss)."""
+
+    def __init__(self, channel: Any, loss: float):
+        self.channel, self.loss, self._count = channel, loss, 0
+
+    @property
+    def bufferedAmount(self) -> int:
+        return self.channel.bufferedAmount
+
+    def send(self, data: bytes | str) -> None:
+        self._count += 1
+        if int(self._count * self.loss) != int((self._count - 1) * self.loss):
+            return  # lost on the way
+        self.channel.send(data)
+
+
+def source_frames(source: str, fps: float, loop: bool, seconds: float | None) -> Iterator[np.ndarray]:
+    """Frames of a file (looped if asked) or a camera (``/dev/video*``) on the frame clock."""
+    produced = 0
+    while True:
+        for frame in read_frames(source, fps=fps):
+            yield frame
+            produced += 1
+            if seconds is not None and produced >= seconds * fps:
+                return
+        if not loop or source.startswith("/dev/video"):
+            return
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
+class FaceSender:
+    def __init__(self, source: str, codec: str = "mesh", settings: dict | None = None, fps: float = 25.0,
+                 loop: bool = False, seconds: float | None = None, stats: CallStats | None = None):  # fmt: skip
+        self.source, self.fps, self.loop, self.seconds = source, fps, loop, seconds
+        self.codec = get_codec(codec, **(settings or {}))
+        self.stats = stats or CallStats()
+        has_audio = not source.startswith("/dev/video")
+        self.audio = FileAudioTrack(source, loop=loop) if has_audio else None
+        self._stop = threading.Event()
+        self.finished = asyncio.Event()
+        self._encoder = None
+
+    def on_control(self, message: dict) -> None:
+        if self._encoder is None:
+            return
+        if message.get("type") == "key":
+            self._encoder.request_key()
+        elif message.get("type") == "reference":
+            self._encoder.request_reference()
+
+    def _capture(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, start: float, frames: Iterator) -> None:
+        """Worker thread: read, pace, encode; hands packets to the event loop."""
+
+        def offer(item: object) -> None:
+            if queue.full():  # the loop is behind: drop the oldest frame's packets
+                queue.get_nowait()
+                self.stats.total.frame_packets_dropped += 1
+            queue.put_nowait(item)
+
+        encoder = self._encoder
+        assert encoder is not None
+        try:
+            for index, frame in enumerate(frames):
+                if self._stop.is_set():
+                    break
+                delay = start + index / self.fps - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                loop.call_soon_threadsafe(offer, encoder.encode(frame))
+        finally:
+            encoder.close()
+            loop.call_soon_threadsafe(offer, None)
+
+    async def run(self, frames: Any, control: Any) -> None:
+        """Send until the input ends or ``stop()``; then a ``bye``."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=int(2 * self.fps))
+
+        def prepare() -> Iterator[np.ndarray]:  # slow start-up (mediapipe graphs, file open) before the clock starts
+            self._encoder = self.codec.encoder(fps=self.fps)
+            frames = source_frames(self.source, self.fps, self.loop, self.seconds)
+            first = next(frames, None)
+            return iter(()) if first is None else _chain(first, frames)
+
+        source = await loop.run_in_executor(None, prepare)
+        start = time.time() + 0.05
+        control.send(json.dumps({"type": "start", "t0": start, "fps": self.fps}))
+        if self.audio is not None:
+            self.audio.start(start)
+        worker = threading.Thread(
+            target=self._capture, args=(loop, queue, start, source), name="talkcodec-capture", daemon=True
+        )
+        worker.start()
+        try:
+            while (packets := await queue.get()) is not None:
+                for packet in packets:
+                    wire = packet.to_bytes()
+                    if packet.kind != PacketKind.FRAME:
+                        control.send(wire)
+                        self.stats.total.reference_bytes += len(wire)
+                    elif frames.bufferedAmount > CHANNEL_BUFFER_LIMIT:
+                        self.stats.total.frame_packets_dropped += 1
+                    else:
+                        frames.send(wire)
+                        self.stats.total.frame_packets_sent += 1
+                        self.stats.total.frame_bytes_sent += len(wire)
+            control.send(json.dumps({"type": "bye"}))
+        finally:
+            self._stop.set()
+            self.finished.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class FaceReceiver:
+    def __init__(self, stats: CallStats | None = None, playout_delay: float = 0.12, vanish_after: float = 3.0,
+                 record: str | Path | None = None, show: bool = False, virtual_camera: bool = False):  # fmt: skip
+        self.stats = stats or CallStats()
+        self.playout_delay, self.vanish_after = playout_delay, vanish_after
+        self.jitter = JitterBuffer()
+        self.track = RegeneratedTrack()
+        self.record, self.show, self.virtual_camera = record, show, virtual_camera
+        self._decoder: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talkcodec-decode")
+        self._t0: float | None = None
+        self._fps = 25.0
+        self._bye = False
+        self._last_arrival = time.time()
+        self._first_arrival: tuple[int, float] | None = None  # (seq, local time) of the first frame packet
+        self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
+        self._pending: list[Packet] = []  # references that arrived before the decoder existed
+        self.shown: deque[tuple[int, bool]] = deque(maxlen=100_000)  # (seq, concealed) of recent frames
+        self.reason = ""
+        self.failure: str | None = None  # set by the call when its sending half fails
+
+    def abort(self, why: str) -> None:
+        self.failure = why
+
+    # -- input from the channels -------------------------------------------------------------
+    def on_message(self, data: bytes | str, send_control: Callable[[str], None]) -> dict | None:
+        """Handle one message from either channel; returns a control message meant for the sender."""
+        self._last_arrival = time.time()
+        if isinstance(data, str):
+            try:
+                message = json.loads(data)
+            except json.JSONDecodeError:
+                return None
+            if message.get("type") == "start" and self._t0 is None:
+                self._t0, self._fps = float(message["t0"]), float(message["fps"])
+                self.track.fps = self._fps
+            elif message.get("type") == "bye":
+                self._bye = True
+            elif message.get("type") == "alive" and isinstance(message.get("audio_bytes"), int):
+                self.stats.total.audio_bytes_received = message["audio_bytes"]  # as sent by the other side
+            return message if isinstance(message, dict) else None
+        try:
+            packet = Packet.from_bytes(data)
+        except PacketError:
+            return None  # a damaged packet is a lost packet
+        if self._decoder is None:
+            self._decoder = get_codec(packet.codec).decoder()
+        if packet.kind == PacketKind.FRAME:
+            self.stats.total.frame_packets_received += 1
+            self.stats.total.frame_bytes_received += len(data)
+            if self._first_arrival is None:
+                self._first_arrival = (packet.seq, time.time())
+            self.jitter.push(packet)
+        else:
+            self._pool.submit(self._decoder.decode, packet)  # references in order, on the decode thread
+        return None
+
+    async def pull_audio(self, track: Any) -> None:
+        """Keep the received audio (for the recording) until the track ends."""
+        from aiortc.mediastreams import MediaStreamError
+
+        mono = MonoResampler()
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self._audio_chunks.append((time.time(), mono(frame)))
+
+    # -- playout ---------------------------------------------------------------------------
+    async def run(self, send_control: Callable[[str], None], connected: Callable[[], bool]) -> str:
+        """Play out until the sender says bye, vanishes, or the connection fails; the reason."""
+        loop = asyncio.get_running_loop()
+        writer: Mp4Writer | None = None
+        last_request = 0.0
+        try:
+            while True:
+                now = time.time()
+                if self.failure:
+                    self.reason = self.failure
+                    break
+                if not connected():
+                    self.reason = "the connection closed"
+                    break
+                if now - self._last_arrival > self.vanish_after:
+                    self.reason = f"the other side vanished (nothing for {self.vanish_after:g} s)"
+                    break
+                if self._t0 is None or self._first_arrival is None:
+                    if self._bye:
+                        self.reason = "the other side hung up"
+                        break
+                    await asyncio.sleep(0.01)
+                    continue
+                if self.jitter.next_seq is None:
+                    self.jitter.start(self._first_arrival[0])
+                due = int((now - self._t0 - self.playout_delay) * self._fps)  # last seq whose time has come
+                if self._bye and not len(self.jitter):  # everything sent has been played
+                    self.reason = "the other side hung up"
+                    break
+                if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
+                    self.jitter.start(due)
+                while self.jitter.next_seq is not None and self.jitter.next_seq <= due:
+                    seq, packet = self.jitter.pop()
+                    frames = await loop.run_in_executor(self._pool, self._decoder.decode, packet)
+                    if packet is None:
+                        self.stats.total.frames_concealed += 1
+                    if self._decoder.needs_key and now - last_request > KEY_REQUEST_INTERVAL:
+                        send_control(json.dumps({"type": "key"}))
+                        self.stats.total.key_requests += 1
+                        last_request = now
+                    for frame in frames:
+                        shown = time.time()
+                        self.stats.total.frames_shown += 1
+                        self.shown.append((frame.seq, frame.concealed))
+                        self.stats.total.latencies_ms.append((shown - (self._t0 + frame.seq / self._fps)) * 1000)
+                        self.track.put(frame)
+                        if self.record and writer is None:
+                            writer = Mp4Writer(self.record, self._fps, frame.image.shape[1::-1], sample_rate=OPUS_RATE)
+                            self._record_start = frame.seq
+                        if writer is not None:
+                            for _ in range(frame.seq - self._record_start - writer.frames_written + 1):
+                                writer.write(frame.image)  # holds for frames that never came
+                        self._display(frame.image)
+                next_due = self._t0 + self.playout_delay + (self.jitter.next_seq or 0) / self._fps
+                await asyncio.sleep(min(max(next_due - time.time(), 0.001), 0.1))
+        finally:
+            self.track.put(None)
+            if writer is not None:
+                self._write_audio(writer)
+                writer.close()
+            self._pool.shutdown(wait=False)
+        return self.reason
+
+    def _write_audio(self, writer: Mp4Writer) -> None:
+        """Lay the received audio under the recorded frames, aligned by arrival time: the first
+        audio chunk plays at (its arrival - the first frame packet's arrival) + that frame's time."""
+        if not self._audio_chunks or self._first_arrival is None:
+            return
+        seq, arrived = self._first_arrival
+        offset = (self._audio_chunks[0][0] - arrived) + (seq - self._record_start) / self._fps
+        audio = np.concatenate([chunk for _, chunk in self._audio_chunks])
+        lead = int(round(offset * OPUS_RATE))
+        audio = np.concatenate([np.zeros(max(lead, 0), np.float32), audio[max(-lead, 0) :]])
+        writer.write_audio(audio[: int(writer.frames_written / self._fps * OPUS_RATE)])
+
+    def _display(self, image: np.ndarray) -> None:
+        if self.show:
+            import cv2
+
+            cv2.imshow("talkcodec", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.waitKey(1)
+        if self.virtual_camera:
+            if not hasattr(self, "_camera"):
+                import pyvirtualcam
+
+                self._camera = pyvirtualcam.Camera(image.shape[1], image.shape[0], self._fps)
+            self._camera.send(image)
