@@ -46,6 +46,7 @@ class Conventional:
         enc.bit_rate = int(kbps * 1000)
         enc.gop_size = int(KEY_INTERVAL_S * fps)
         enc.max_b_frames = 0
+        enc.thread_count = 1  # one stream, one thread: comparable speeds, and no libvpx spin-waits on busy cores
         enc.options = dict(self.options)
         dec = av.CodecContext.create(self.decoder, "r")
         packets: list[av.Packet] = []

@@ -106,7 +106,9 @@ def markdown(report: dict) -> str:
         f"{len(report['clips'])} clip(s), first {report['settings']['seconds']:g} s each at 25 fps, 256x256 face crops; "
         f"means over clips. kbps = frame bits over the clip (talkcodec's one-off reference image apart, "
         f"`ref kB`; amortized over a {report['settings']['call_seconds']:g} s call in results.json). "
-        f"Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs; fps are single-stream.",
+        f"SSIM, MS-SSIM, LPIPS and landmarks on every {report['settings']['metric_stride']}. frame, PSNR and "
+        f"flicker on all. Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs; "
+        f"fps are single-stream, one thread.",
         "",
         "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | landmark | flicker | enc fps | dec fps | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -195,7 +197,7 @@ def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: 
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "settings": {"seconds": args.seconds, "codecs": args.codecs, "kbps": args.kbps, "anchor": args.anchor,
-                     "call_seconds": args.call_seconds},  # fmt: skip
+                     "call_seconds": args.call_seconds, "metric_stride": args.metric_stride},  # fmt: skip
         "clips": sorted({r["clip"] for r in ok}),
         "skipped": skipped,
         "failed": [r for r in results if "error" in r],

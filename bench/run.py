@@ -70,7 +70,9 @@ def code(clip: Clip, codec: str, setting: dict[str, Any]) -> Coded:
     return run_talkcodec(codec, setting, clip.frames, clip.fps)
 
 
-def run_cell(source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float) -> dict:
+def run_cell(
+    source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float, stride: int = 1
+) -> dict:
     """Code one clip with one codec setting and measure everything about it."""
     from .quality import measure
 
@@ -85,9 +87,9 @@ def run_cell(source: str, cache: str, seconds: float, codec: str, setting: dict[
         "kbps_with_reference": (coded.frame_bytes * 8 / 1000 / duration) + coded.reference_bytes * 8 / 1000 / call_s,
         "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
         "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
-        "peak_mb": round(memory.peak_mb, 1),
+        "peak_mb": round(memory.peak_mb, 1), "metric_stride": stride,
     }  # fmt: skip
-    result.update(measure(clip.frames, coded.decoded, clip.landmarks))
+    result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
     return result
 
 
@@ -122,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
     parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--metric-stride", type=int, default=1, help="SSIM/MS-SSIM/LPIPS/landmarks on every Nth frame")
     parser.add_argument("--no-video", action="store_true", help="skip the side-by-side video")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -151,10 +154,12 @@ def run(args: argparse.Namespace) -> dict:
     for name, source in clips.items():
         for codec, setting in cells:
             path = out / "cells" / name / f"{codec}__{setting_label(setting)}.json"
-            if path.exists():
-                results.append(json.loads(path.read_text()))
+            cached = json.loads(path.read_text()) if path.exists() else None
+            if cached is not None and cached.get("metric_stride") == args.metric_stride:
+                results.append(cached)
             else:
-                todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds)))
+                todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds,
+                                    args.metric_stride)))  # fmt: skip
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.quiet)
 
     def done(path: Path, result: dict) -> None:

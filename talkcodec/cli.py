@@ -128,10 +128,16 @@ def cmd_call(args: argparse.Namespace) -> None:
 
     from .transport.call import CallOptions, loopback, run_over_signaling, use_loopback_only
 
+    if args.virtual_camera:
+        try:
+            import pyvirtualcam  # noqa: F401
+        except ImportError:
+            raise TalkcodecError("--virtual-camera needs pyvirtualcam (pip install pyvirtualcam) and a v4l2loopback device") from None
+
     options = CallOptions(
         input=args.input, codec=args.codec, settings=_parse_settings(args.set), loop=args.loop, seconds=args.seconds,
         record=args.record, stats_path=args.stats, live_stats=args.stats is not None and not args.quiet,
-        show=args.show, virtual_camera=args.virtual_camera, loss=args.loss,
+        show=args.show, virtual_camera=args.virtual_camera, loss=args.loss, stun=args.stun,
     )  # fmt: skip
     if args.loopback:
         if not args.input:
@@ -228,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the received face in a window")
     p.add_argument("--virtual-camera", action="store_true", help="send the received face to a virtual camera (pyvirtualcam)")
     p.add_argument("--local-only", action="store_true", help="ICE on 127.0.0.1 only (no network)")
+    p.add_argument("--stun", action="append", default=[], metavar="URL", help="a STUN server, for calls across NATs")
     p.add_argument("--once", action="store_true", help="with --listen: take one call, then exit")
     p.add_argument("--loss", type=float, default=0.0, help=argparse.SUPPRESS)  # testing: drop this share of frame packets
     common(p)

@@ -27,10 +27,11 @@ class VideoInfo:
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
-    if not Path(path).is_file():
+    camera = str(path).startswith("/dev/video")  # a V4L2 camera, read through FFmpeg
+    if not (Path(path).is_file() or (camera and Path(path).exists())):
         raise InputError(f"{path}: no such file")
     try:
-        container = av.open(str(path), "r")
+        container = av.open(str(path), "r", format="v4l2" if camera else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable video ({exc})") from None
     if not container.streams.video:

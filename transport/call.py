@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.signaling import BYE, BaseSignaling
 
 from talkcodec.errors import TalkcodecError
@@ -36,7 +36,8 @@ class CallOptions:
     virtual_camera: bool = False  # pyvirtualcam, so other call apps can use the face
     loss: float = 0.0  # drop this share of outgoing frame packets (testing)
     playout_delay: float = 0.12  # seconds between capture and display, for jitter
-    vanish_after: float = 3.0  # end the call after this long without a message
+    vanish_after: float = 5.0  # end the call after this long without a message
+    stun: list[str] = field(default_factory=list)  # e.g. stun:stun.l.google.com:19302 for calls across NATs
 
 
 def use_loopback_only() -> None:
@@ -50,7 +51,8 @@ class Peer:
     def __init__(self, options: CallOptions, name: str = "peer"):
         self.options, self.name = options, name
         self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None)
-        self.pc = RTCPeerConnection()
+        servers = [RTCIceServer(urls=url) for url in options.stun]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # no STUN unless asked: none is reachable offline
         self.sender = (
             FaceSender(options.input, options.codec, options.settings, options.fps, options.loop, options.seconds, self.stats)
             if options.input
@@ -61,6 +63,7 @@ class Peer:
         self.channels: dict[str, Any] = {}
         self._open = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._closed = False
 
         @self.pc.on("track")
         def on_track(track: Any) -> None:
@@ -157,6 +160,9 @@ class Peer:
             self.receiver.abort(f"sending failed: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.sender is not None:
             self.sender.stop()
         for task in self._tasks:
@@ -166,6 +172,18 @@ class Peer:
         await self.pc.close()
         self.stats.tick()  # the last, partial second
         self.stats.close()
+
+
+async def _receive_first(signaling: BaseSignaling, wait: float = 15.0) -> object:
+    """The first message from a listener, retrying while it is not listening yet."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            return await signaling.receive()
+        except OSError as exc:  # connection refused: the other side is still starting, or absent
+            if asyncio.get_running_loop().time() > deadline:
+                raise TalkcodecError(f"nobody answered ({exc.strerror or exc}); start the other side with --listen") from None
+            await asyncio.sleep(0.5)
 
 
 async def run_over_signaling(signaling: BaseSignaling, options: CallOptions, offerer: bool) -> tuple[str, dict]:
@@ -180,12 +198,13 @@ async def run_over_signaling(signaling: BaseSignaling, options: CallOptions, off
                 raise TalkcodecError("the other side hung up before answering")
             await peer.pc.setRemoteDescription(answer)
         else:
-            offer = await signaling.receive()
+            offer = await _receive_first(signaling)
             if not isinstance(offer, RTCSessionDescription) or offer is BYE:
                 raise TalkcodecError("the other side hung up before calling")
             await signaling.send(await peer.answer(offer))
         reason = await peer.run()
     finally:
+        await peer.close()
         await signaling.close()
     return reason, peer.stats.summary()
 

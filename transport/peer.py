@@ -30,7 +30,7 @@ import numpy as np
 from talkcodec.audio import OPUS_RATE
 from talkcodec.errors import PacketError
 from talkcodec.packet import Packet, PacketKind
-from talkcodec.registry import get_codec
+from talkcodec.registry import get_codec, list_codecs
 from talkcodec.video import Mp4Writer, read_frames
 
 from .jitter import JitterBuffer
@@ -90,7 +90,13 @@ class FaceSender:
         self.audio = FileAudioTrack(source, loop=loop) if has_audio else None
         self._stop = threading.Event()
         self.finished = asyncio.Event()
-        self._encoder = None
+        # The slow start-up (mediapipe graphs, opening the input) happens here, before the call
+        # connects, so it neither delays the first frames nor stalls the call's event loop.
+        self._encoder = self.codec.encoder(fps=fps)
+        frames = source_frames(source, fps, loop, seconds)
+        first = next(frames, None)
+        self._source: Iterator[np.ndarray] = iter(()) if first is None else _chain(first, frames)
+        self._started = False
 
     def on_control(self, message: dict) -> None:
         if self._encoder is None:
@@ -128,19 +134,13 @@ class FaceSender:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(maxsize=int(2 * self.fps))
 
-        def prepare() -> Iterator[np.ndarray]:  # slow start-up (mediapipe graphs, file open) before the clock starts
-            self._encoder = self.codec.encoder(fps=self.fps)
-            frames = source_frames(self.source, self.fps, self.loop, self.seconds)
-            first = next(frames, None)
-            return iter(()) if first is None else _chain(first, frames)
-
-        source = await loop.run_in_executor(None, prepare)
         start = time.time() + 0.05
+        self._started = True
         control.send(json.dumps({"type": "start", "t0": start, "fps": self.fps}))
         if self.audio is not None:
             self.audio.start(start)
         worker = threading.Thread(
-            target=self._capture, args=(loop, queue, start, source), name="talkcodec-capture", daemon=True
+            target=self._capture, args=(loop, queue, start, self._source), name="talkcodec-capture", daemon=True
         )
         worker.start()
         try:
@@ -163,13 +163,18 @@ class FaceSender:
 
     def stop(self) -> None:
         self._stop.set()
+        if not self._started:  # never ran: the capture thread will not close the encoder
+            self._started = True
+            self._encoder.close()
 
 
 class FaceReceiver:
-    def __init__(self, stats: CallStats | None = None, playout_delay: float = 0.12, vanish_after: float = 3.0,
+    def __init__(self, stats: CallStats | None = None, playout_delay: float = 0.12, vanish_after: float = 5.0,
                  record: str | Path | None = None, show: bool = False, virtual_camera: bool = False):  # fmt: skip
         self.stats = stats or CallStats()
         self.playout_delay, self.vanish_after = playout_delay, vanish_after
+        for name in list_codecs():  # import every decoder now: a first import mid-call would stall the event loop
+            get_codec(name)
         self.jitter = JitterBuffer()
         self.track = RegeneratedTrack()
         self.record, self.show, self.virtual_camera = record, show, virtual_camera
@@ -240,6 +245,7 @@ class FaceReceiver:
         loop = asyncio.get_running_loop()
         writer: Mp4Writer | None = None
         last_request = 0.0
+        self._last_arrival = time.time()  # the call starts now (set-up time is not silence)
         try:
             while True:
                 now = time.time()
