@@ -224,8 +224,16 @@ class FaceReceiver:
                 self._first_arrival = (packet.seq, time.time())
             self.jitter.push(packet)
         else:
-            self._pool.submit(self._decoder.decode, packet)  # references in order, on the decode thread
+            self._pool.submit(self._decode, packet, False)  # references in order, on the decode thread
         return None
+
+    def _decode(self, packet: Packet | None, conceal: bool = True) -> list:
+        """Decode on the worker thread; a frame packet the decoder rejects counts as lost, a
+        rejected reference is dropped (the decoder then asks for a key)."""
+        try:
+            return self._decoder.decode(packet)
+        except PacketError:
+            return self._decoder.decode(None) if conceal else []
 
     async def pull_audio(self, track: Any) -> None:
         """Keep the received audio (for the recording) until the track ends."""
@@ -274,7 +282,7 @@ class FaceReceiver:
                     self.jitter.start(due)
                 while self.jitter.next_seq is not None and self.jitter.next_seq <= due:
                     seq, packet = self.jitter.pop()
-                    frames = await loop.run_in_executor(self._pool, self._decoder.decode, packet)
+                    frames = await loop.run_in_executor(self._pool, self._decode, packet)
                     if packet is None:
                         self.stats.total.frames_concealed += 1
                     if self._decoder.needs_key and now - last_request > KEY_REQUEST_INTERVAL:
