@@ -117,7 +117,7 @@ def _cells(codecs: list[str], kbps: list[float]) -> list[tuple[str, dict[str, An
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clips", nargs="*", help="videos or folders of videos (default: the bundled sample)")
-    parser.add_argument("--out", required=True, help="results folder (reruns resume from it)")
+    parser.add_argument("--out", default="talkcodec-bench", help="results folder; reruns resume from it (default ./talkcodec-bench)")
     parser.add_argument("--seconds", type=float, default=10.0, help="first N seconds of each clip (default 10)")
     parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS), help="comma-separated (default: all)")
     parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
