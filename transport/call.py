@@ -15,6 +15,7 @@ from aiortc.contrib.signaling import BYE, BaseSignaling
 
 from talkcodec.errors import TalkcodecError
 
+from .media import set_opus_bitrate
 from .peer import FaceReceiver, FaceSender, LossyChannel, frames_channel_options
 from .stats import CallStats
 
@@ -38,6 +39,7 @@ class CallOptions:
     playout_delay: float = 0.12  # seconds between capture and display, for jitter
     vanish_after: float = 5.0  # end the call after this long without a message
     stun: list[str] = field(default_factory=list)  # e.g. stun:stun.l.google.com:19302 for calls across NATs
+    audio_kbps: int = 24  # Opus bitrate of the voice
 
 
 def use_loopback_only() -> None:
@@ -50,6 +52,7 @@ def use_loopback_only() -> None:
 class Peer:
     def __init__(self, options: CallOptions, name: str = "peer"):
         self.options, self.name = options, name
+        set_opus_bitrate(options.audio_kbps * 1000)
         self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None)
         servers = [RTCIceServer(urls=url) for url in options.stun]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # no STUN unless asked: none is reachable offline

@@ -97,3 +97,24 @@ class MonoResampler:
     def __call__(self, frame: av.AudioFrame) -> np.ndarray:
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]  # (1, n) packed -> (n,)
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+_opus_bitrate = [24000]
+
+
+def set_opus_bitrate(bitrate: int) -> None:
+    """aiortc 1.16 hard-codes 96 kbps Opus, several times a talking-head stream's video bits;
+    make its encoder use ``bitrate`` instead (24 kbps is transparent for speech)."""
+    from aiortc.codecs import opus
+
+    _opus_bitrate[0] = bitrate
+    if getattr(opus.OpusEncoder.__init__, "_talkcodec", False):
+        return
+    original = opus.OpusEncoder.__init__
+
+    def __init__(self: opus.OpusEncoder) -> None:
+        original(self)
+        self.codec.bit_rate = _opus_bitrate[0]
+
+    __init__._talkcodec = True  # type: ignore[attr-defined]
+    opus.OpusEncoder.__init__ = __init__  # type: ignore[method-assign]
