@@ -87,7 +87,7 @@ def run_cell(
         "kbps_with_reference": (coded.frame_bytes * 8 / 1000 / duration) + coded.reference_bytes * 8 / 1000 / call_s,
         "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
         "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
-        "peak_mb": round(memory.peak_mb, 1), "metric_stride": stride,
+        "peak_mb": round(memory.peak_mb, 1), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s,
     }  # fmt: skip
     result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
     return result
@@ -145,6 +145,8 @@ def run(args: argparse.Namespace) -> dict:
     skipped: dict[str, str] = {}
     for source in tqdm(sources, desc="crop", unit="clip", disable=args.quiet):
         try:
+            if source.stem in clips:
+                raise InputError(f"{source}: another input is also named {source.stem!r}")
             load_clip(source, cache, args.seconds)
             clips[source.stem] = source
         except (InputError, OSError, ValueError, RuntimeError) as exc:
@@ -154,8 +156,12 @@ def run(args: argparse.Namespace) -> dict:
     for name, source in clips.items():
         for codec, setting in cells:
             path = out / "cells" / name / f"{codec}__{setting_label(setting)}.json"
-            cached = json.loads(path.read_text()) if path.exists() else None
-            if cached is not None and cached.get("metric_stride") == args.metric_stride:
+            try:
+                cached = json.loads(path.read_text()) if path.exists() else None
+            except (OSError, json.JSONDecodeError):
+                cached = None  # a cell cut short by an interruption is redone
+            same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds}
+            if cached is not None and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)
             else:
                 todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds,
@@ -165,7 +171,9 @@ def run(args: argparse.Namespace) -> dict:
     def done(path: Path, result: dict) -> None:
         if "error" not in result:  # failures are retried by the next run
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=1))
+            partial = path.with_suffix(".part")
+            partial.write_text(json.dumps(result, indent=1))
+            partial.replace(path)  # atomic: an interrupted run never leaves half a cell
         results.append(result)
         bar.update(1)
 

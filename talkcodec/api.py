@@ -76,6 +76,11 @@ class Decoder(ABC):
         """True while the decoder waits for a key packet (the sender should be asked for one)."""
         return False
 
+    @property
+    def needs_reference(self) -> bool:
+        """True when a key named a reference image this decoder never got (ask for it)."""
+        return False
+
 
 class Codec(ABC):
     """A registered codec: its settings, and factories for encoders and decoders."""

@@ -55,7 +55,7 @@ class TkcHeader:
             fps = Fraction(int(d["fps"][0]), int(d["fps"][1]))
             header = cls(str(d["codec"]), fps, int(d["width"]), int(d["height"]), d.get("audio_rate"),
                          dict(d.get("settings") or {}), dict(d.get("extra") or {}))  # fmt: skip
-        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError) as exc:
             raise ContainerError(f"malformed .tkc header ({exc})") from None
         if not (0 < fps <= 240 and 0 < header.width <= 4096 and 0 < header.height <= 4096):
             raise ContainerError("implausible .tkc header values")
@@ -221,12 +221,16 @@ class TkcReader:
             tail = self._file.read(end_len)
             if tail[:2] == bytes([END, 8]) and struct.unpack("<I", tail[-4:])[0] == zlib.crc32(tail[:-4]):
                 (index_offset,) = struct.unpack("<Q", tail[2:10])
-                for _, kind, body in self._records(index_offset):
-                    if kind == INDEX:
-                        entries = unpack(body)
-                        if isinstance(entries, list):
-                            return [(int(e[0]), int(e[1]), bool(e[2])) for e in entries]
-                    break
+                if self.data_start <= index_offset < size:
+                    for _, kind, body in self._records(index_offset):
+                        if kind == INDEX:
+                            try:
+                                entries = [(int(e[0]), int(e[1]), bool(e[2])) for e in unpack(body)]
+                            except (PacketError, TypeError, ValueError, IndexError, KeyError):
+                                break  # a malformed index: rebuild it by scanning
+                            if all(self.data_start <= e[0] < size for e in entries):
+                                return entries
+                        break
         entries = []
         for offset, kind, body in self._records(self.data_start):
             if kind == PACKET:

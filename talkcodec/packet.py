@@ -233,7 +233,7 @@ def decode_image(data: bytes) -> np.ndarray:
             if max(im.size) > MAX_IMAGE_SIDE:
                 raise PacketError(f"reference image {im.size} exceeds {MAX_IMAGE_SIDE} px")
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         if isinstance(exc, PacketError):
             raise
         raise PacketError(f"unreadable reference image ({exc})") from None

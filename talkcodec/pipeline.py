@@ -19,12 +19,13 @@ from tqdm import tqdm
 from . import __version__
 from .audio import OPUS_RATE, OpusDecoder, OpusEncoder, load_audio
 from .container import AudioChunk, TkcHeader, TkcReader, TkcWriter
-from .errors import InputError
+from .errors import InputError, PacketError
 from .packet import Packet, PacketKind
 from .registry import get_codec
 from .video import Mp4Writer, probe, read_frames
 
 NO_FACE_GIVE_UP_S = 10.0  # an input with no face in its first 10 seconds is refused
+MAX_GAP_S = 10.0  # a jump in frame numbers or audio time longer than this is damage, not a pause
 
 
 @dataclass
@@ -89,7 +90,6 @@ def encode_file(
     saw, losslessly (for measuring quality against them)."""
     info = probe(source)
     model = get_codec(codec, **(settings or {}))
-    encoder = model.encoder(fps=fps)
     rate = Fraction(fps).limit_denominator(1001)
     samples = load_audio(source, OPUS_RATE, max_seconds) if audio and info.has_audio else None
     header = TkcHeader(
@@ -98,10 +98,12 @@ def encode_file(
     )  # fmt: skip
     stats = StreamStats(codec, float(rate))
     opus = OpusEncoder(sample_rate=OPUS_RATE) if samples is not None else None
-    crops = Mp4Writer(crops_to, rate, (256, 256), lossless=True) if crops_to else None
     total = round(min(info.duration, max_seconds or info.duration) * fps) or None
     start = time.perf_counter()
+    encoder = model.encoder(fps=fps)
+    crops = None
     try:
+        crops = Mp4Writer(crops_to, rate, (256, 256), lossless=True) if crops_to else None
         with TkcWriter(output, header) as writer:
             frames = read_frames(source, fps=fps, max_seconds=max_seconds)
             for index, frame in enumerate(tqdm(frames, total=total, unit="frame", desc="encode", disable=not progress)):
@@ -145,58 +147,74 @@ def decode_file(
     compose: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> StreamStats:
     """Decode a .tkc file to an mp4 (H.264 + AAC). A damaged file decodes up to the damage
-    (``stats.damage`` says where). ``compose(frame_index, image)`` may replace each output
-    image (the demo uses it to put the original beside the decoded face)."""
+    (``stats.damage`` says where) and the mp4 is still closed properly. ``compose(frame_index,
+    image)`` may replace each output image (the demo puts the original beside the decoded face)."""
     start = time.perf_counter()
     with TkcReader(source) as reader:
         header = reader.header
-        codec = get_codec(header.codec)
-        decoder = codec.decoder()
+        decoder = get_codec(header.codec).decoder()
         stats = StreamStats(header.codec, float(header.fps))
         opus = OpusDecoder() if header.audio_rate else None
+        max_gap = int(MAX_GAP_S * float(header.fps))
         writer: Mp4Writer | None = None
         audio_written = 0
-        next_index = 0
         last: np.ndarray | None = None
 
         def write(image: np.ndarray) -> None:
-            nonlocal writer, next_index
+            nonlocal writer
+            index = writer.frames_written if writer is not None else 0
             if compose is not None:
-                image = compose(next_index, image)
+                image = compose(index, image)
             if writer is None:
                 size = (image.shape[1], image.shape[0])
                 writer = Mp4Writer(output, header.fps, size, sample_rate=OPUS_RATE if opus else None)
             writer.write(image)
-            next_index += 1
 
         bar = tqdm(unit="frame", desc="decode", disable=not progress)
-        for item in reader:
-            if isinstance(item, AudioChunk):
-                if opus is not None and writer is not None and item.pts >= audio_written:
+        try:
+            for item in reader:
+                if isinstance(item, AudioChunk):
+                    if opus is None or writer is None or item.pts < audio_written:
+                        continue
+                    if item.pts - audio_written > MAX_GAP_S * OPUS_RATE:
+                        stats.damage = f"audio jumps {item.pts - audio_written} samples ahead"
+                        break
                     pcm = opus.decode(item.data)
                     if item.pts > audio_written:  # a gap: silence keeps the rest in sync
                         writer.write_audio(np.zeros(item.pts - audio_written, np.float32))
                     writer.write_audio(pcm)
                     audio_written = item.pts + len(pcm)
                     stats.audio_bytes += len(item.data)
-                continue
-            stats.count(item)
-            tick = time.perf_counter()
-            frames = decoder.decode(item)
-            stats.codec_seconds += time.perf_counter() - tick
-            for frame in frames:
-                while next_index < frame.seq:  # frames that never came: hold the last one
-                    write(last if last is not None else frame.image)
-                    stats.concealed_frames += 1
-                write(frame.image)
-                last = frame.image
-                stats.concealed_frames += frame.concealed
-                bar.update(1)
-        bar.close()
-        stats.damage = reader.damage
+                    continue
+                stats.count(item)
+                tick = time.perf_counter()
+                try:
+                    frames = decoder.decode(item)
+                except PacketError as exc:
+                    stats.damage = f"undecodable packet (seq {item.seq}): {exc}"
+                    break
+                stats.codec_seconds += time.perf_counter() - tick
+                for frame in frames:
+                    done = writer.frames_written if writer is not None else 0
+                    if frame.seq - done > max_gap:
+                        stats.damage = f"frame numbers jump from {done} to {frame.seq}"
+                        break
+                    while (writer.frames_written if writer is not None else 0) < frame.seq:
+                        write(last if last is not None else frame.image)  # frames that never came: hold
+                        stats.concealed_frames += 1
+                    write(frame.image)
+                    last = frame.image
+                    stats.concealed_frames += frame.concealed
+                    bar.update(1)
+                if stats.damage:
+                    break
+            stats.damage = stats.damage or reader.damage
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
     if writer is None:
         raise InputError(f"{source}: no decodable frame")
-    writer.close()
     stats.wall_seconds = time.perf_counter() - start
     return stats
 

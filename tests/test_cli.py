@@ -85,3 +85,21 @@ def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
     frames, size, audio_seconds = _streams(tmp_path / "side_by_side.mp4")
     assert frames == 50 and size == (512, 256) and audio_seconds is not None
     assert not (tmp_path / "original_crops.mp4").exists()
+
+
+def test_a_frame_number_jump_is_damage_not_a_hang(encoded, tmp_path, capsys):
+    from fractions import Fraction
+
+    from talkcodec.container import TkcReader, TkcWriter
+    from talkcodec.packet import Packet, PacketKind
+
+    forged = tmp_path / "forged.tkc"
+    keys = []
+    with TkcReader(encoded) as reader, TkcWriter(forged, reader.header) as writer:
+        for item in reader:
+            if isinstance(item, Packet):
+                writer.write_packet(item)
+                keys += [item] if item.key else []
+        writer.write_packet(Packet(1, PacketKind.FRAME, 1 << 34, keys[0].payload, key=True, fps=Fraction(25)))
+    assert main(["decode", str(forged), "-o", str(tmp_path / "f.mp4"), "-q"]) == 0
+    assert "jump" in capsys.readouterr().err

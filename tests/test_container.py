@@ -109,3 +109,35 @@ def test_random_records_never_crash(tmp_path_factory, body):
     with TkcReader(path) as reader:
         list(reader)
         reader.index()
+
+
+def test_a_malformed_index_falls_back_to_a_scan(tmp_path):
+    from talkcodec.container import INDEX, _record
+
+    path = tmp_path / "bad_index.tkc"
+    _write(path, _stream())
+    data = path.read_bytes()
+    with TkcReader(path) as reader:
+        good = reader.index()
+        end_len = 14
+        index_offset = int.from_bytes(data[-end_len + 2 : -end_len + 10], "little")
+    body = b"\x91\x01"  # msgpack [1]: entries that are not [offset, seq, is_reference]
+    bad = data[:index_offset] + _record(INDEX, body)
+    path.write_bytes(bad + _record(4, index_offset.to_bytes(8, "little")))
+    with TkcReader(path) as reader:
+        assert reader.index() == good
+
+
+@pytest.mark.parametrize("header", [{"codec": "mesh", "fps": [float("inf"), 1], "width": 256, "height": 256}, {"codec": "mesh"}])
+def test_implausible_headers_are_container_errors(tmp_path, header):
+    import struct
+    import zlib
+
+    from talkcodec.packet import pack
+    from talkcodec.quant import write_varint
+
+    body = pack(header)
+    path = tmp_path / "h.tkc"
+    path.write_bytes(b"TKC\x00\x01" + write_varint(len(body)) + body + struct.pack("<I", zlib.crc32(body)))
+    with pytest.raises(ContainerError):
+        TkcReader(path)

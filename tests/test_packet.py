@@ -137,6 +137,13 @@ def test_image_roundtrip_and_limits(astronaut_frame):
         decode_image(huge)
     with pytest.raises(PacketError, match="unreadable"):
         decode_image(b"RIFF\x00\x00\x00\x00WEBPgarbage")
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)  # a 40000x40000 PNG header: a decompression bomb
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    with pytest.raises(PacketError):
+        decode_image(png)
 
 
 @pytest.mark.parametrize(

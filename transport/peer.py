@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -75,11 +76,6 @@ def source_frames(source: str, fps: float, loop: bool, seconds: float | None) ->
             return
 
 
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
-
-
 class FaceSender:
     def __init__(self, source: str, codec: str = "mesh", settings: dict | None = None, fps: float = 25.0,
                  loop: bool = False, seconds: float | None = None, stats: CallStats | None = None):  # fmt: skip
@@ -92,11 +88,18 @@ class FaceSender:
         self.finished = asyncio.Event()
         # The slow start-up (mediapipe graphs, opening the input) happens here, before the call
         # connects, so it neither delays the first frames nor stalls the call's event loop.
+        # The first frame is encoded here too: mediapipe's first real inference (and the reference
+        # image) take up to a second, which on the frame clock would make every frame late.
         self._encoder = self.codec.encoder(fps=fps)
-        frames = source_frames(source, fps, loop, seconds)
-        first = next(frames, None)
-        self._source: Iterator[np.ndarray] = iter(()) if first is None else _chain(first, frames)
+        try:
+            self._source = source_frames(source, fps, loop, seconds)
+            first = next(self._source, None)
+            self._first_packets = [] if first is None else self._encoder.encode(first)
+        except BaseException:
+            self._encoder.close()
+            raise
         self._started = False
+        self.last_seq = -1  # seq of the last frame packet made (sent or dropped)
 
     def on_control(self, message: dict) -> None:
         if self._encoder is None:
@@ -109,16 +112,19 @@ class FaceSender:
     def _capture(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, start: float, frames: Iterator) -> None:
         """Worker thread: read, pace, encode; hands packets to the event loop."""
 
-        def offer(item: object) -> None:
-            if queue.full():  # the loop is behind: drop the oldest frame's packets
-                queue.get_nowait()
+        def offer(item: list[Packet] | None) -> None:
+            if queue.full():  # the loop is behind: drop the oldest frame's packets, never a reference
+                kept = [p for p in queue.get_nowait() or [] if p.kind != PacketKind.FRAME]
                 self.stats.total.frame_packets_dropped += 1
+                item = kept + (item or []) if item is not None or kept else None
             queue.put_nowait(item)
 
         encoder = self._encoder
         assert encoder is not None
         try:
-            for index, frame in enumerate(frames):
+            if self._first_packets:
+                loop.call_soon_threadsafe(offer, self._first_packets)
+            for index, frame in enumerate(frames, start=1):
                 if self._stop.is_set():
                     break
                 delay = start + index / self.fps - time.time()
@@ -147,6 +153,8 @@ class FaceSender:
             while (packets := await queue.get()) is not None:
                 for packet in packets:
                     wire = packet.to_bytes()
+                    if packet.kind == PacketKind.FRAME:
+                        self.last_seq = packet.seq
                     if packet.kind != PacketKind.FRAME:
                         control.send(wire)
                         self.stats.total.reference_bytes += len(wire)
@@ -156,7 +164,7 @@ class FaceSender:
                         frames.send(wire)
                         self.stats.total.frame_packets_sent += 1
                         self.stats.total.frame_bytes_sent += len(wire)
-            control.send(json.dumps({"type": "bye"}))
+            control.send(json.dumps({"type": "bye", "last_seq": self.last_seq}))
         finally:
             self._stop.set()
             self.finished.set()
@@ -183,6 +191,8 @@ class FaceReceiver:
         self._t0: float | None = None
         self._fps = 25.0
         self._bye = False
+        self._local_t0 = math.inf
+        self._last_seq: int | None = None  # the sender's last frame, told with its bye
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (seq, local time) of the first frame packet
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
@@ -203,11 +213,18 @@ class FaceReceiver:
                 message = json.loads(data)
             except json.JSONDecodeError:
                 return None
+            if not isinstance(message, dict):
+                return None
             if message.get("type") == "start" and self._t0 is None:
-                self._t0, self._fps = float(message["t0"]), float(message["fps"])
+                t0, fps = message.get("t0"), message.get("fps")
+                if not all(isinstance(v, int | float) and math.isfinite(v) for v in (t0, fps)) or not 1 <= fps <= 120:
+                    return None
+                self._t0, self._fps = float(t0), float(fps)
                 self.track.fps = self._fps
             elif message.get("type") == "bye":
                 self._bye = True
+                if isinstance(message.get("last_seq"), int):
+                    self._last_seq = message["last_seq"]
             elif message.get("type") == "alive" and isinstance(message.get("audio_bytes"), int):
                 self.stats.total.audio_bytes_received = message["audio_bytes"]  # as sent by the other side
             return message if isinstance(message, dict) else None
@@ -220,8 +237,13 @@ class FaceReceiver:
         if packet.kind == PacketKind.FRAME:
             self.stats.total.frame_packets_received += 1
             self.stats.total.frame_bytes_received += len(data)
+            arrived = time.time()
             if self._first_arrival is None:
-                self._first_arrival = (packet.seq, time.time())
+                self._first_arrival = (packet.seq, arrived)
+            # Playout runs on this machine's clock: the earliest (least delayed) arrival fixes
+            # when frame 0 would have arrived; the sender's t0 is only used for latency figures.
+            if self._t0 is not None:  # the frame rate is known
+                self._local_t0 = min(self._local_t0, arrived - packet.seq / self._fps)
             self.jitter.push(packet)
         else:
             self._pool.submit(self._decode, packet, False)  # references in order, on the decode thread
@@ -245,7 +267,8 @@ class FaceReceiver:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self._audio_chunks.append((time.time(), mono(frame)))
+            if self.record:  # only a recording needs the samples kept
+                self._audio_chunks.append((time.time(), mono(frame)))
 
     # -- playout ---------------------------------------------------------------------------
     async def run(self, send_control: Callable[[str], None], connected: Callable[[], bool]) -> str:
@@ -274,9 +297,13 @@ class FaceReceiver:
                     continue
                 if self.jitter.next_seq is None:
                     self.jitter.start(self._first_arrival[0])
-                due = int((now - self._t0 - self.playout_delay) * self._fps)  # last seq whose time has come
-                if self._bye and not len(self.jitter):  # everything sent has been played
-                    self.reason = "the other side hung up"
+                    first_seq, first_time = self._first_arrival
+                    self._local_t0 = min(self._local_t0, first_time - first_seq / self._fps)
+                due = int((now - self._local_t0 - self.playout_delay) * self._fps)  # last seq whose time has come
+                if self._last_seq is not None:
+                    due = min(due, self._last_seq)  # nothing comes after the last frame: no concealing past it
+                if self._bye and not len(self.jitter) and (self._last_seq is None or self.jitter.next_seq > self._last_seq):
+                    self.reason = "the other side hung up"  # everything sent has been played
                     break
                 if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
                     self.jitter.start(due)
@@ -286,7 +313,8 @@ class FaceReceiver:
                     if packet is None:
                         self.stats.total.frames_concealed += 1
                     if self._decoder.needs_key and now - last_request > KEY_REQUEST_INTERVAL:
-                        send_control(json.dumps({"type": "key"}))
+                        wanted = "reference" if self._decoder.needs_reference else "key"
+                        send_control(json.dumps({"type": wanted}))
                         self.stats.total.key_requests += 1
                         last_request = now
                     for frame in frames:
@@ -302,7 +330,7 @@ class FaceReceiver:
                             for _ in range(frame.seq - self._record_start - writer.frames_written + 1):
                                 writer.write(frame.image)  # holds for frames that never came
                         self._display(frame.image)
-                next_due = self._t0 + self.playout_delay + (self.jitter.next_seq or 0) / self._fps
+                next_due = self._local_t0 + self.playout_delay + (self.jitter.next_seq or 0) / self._fps
                 await asyncio.sleep(min(max(next_due - time.time(), 0.001), 0.1))
         finally:
             self.track.put(None)

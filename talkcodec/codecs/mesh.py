@@ -2,7 +2,7 @@
 
 Sender: mediapipe landmarks of the 256x256 crop -> shape-model parameters (pose + K basis
 coefficients, ``mesh_model.py``) -> uniform quantization -> entropy coding (static Laplace
-model, ANS) of the symbols themselves in key packets and of their difference from the key's
+model, range coder) of the symbols themselves in key packets and of their difference from the key's
 in delta packets. Every delta depends only on its key, so a lost packet costs one frame.
 
 Receiver: parameters -> landmarks -> piecewise-affine warp of the reference image from the
@@ -186,12 +186,16 @@ class MeshDecoder(Decoder):
         self._fps = Fraction(25)
         self._last: Frame | None = None
         self._initial = reference
-        self._needs_key = False
+        self._needs_key = self._needs_reference = False
         self._codings: dict[tuple[int, float], _StreamCoding] = {}
 
     @property
     def needs_key(self) -> bool:
         return self._needs_key
+
+    @property
+    def needs_reference(self) -> bool:
+        return self._needs_reference
 
     def _coding(self, k: int, precision: float) -> _StreamCoding:
         if (k, precision) not in self._codings:
@@ -267,14 +271,20 @@ class MeshDecoder(Decoder):
             self._fps = packet.fps or self._fps
             self._ref = self._references.get(packet.ref_id)
             self._key_seq, self._key_symbols = packet.seq, None
+            self._needs_reference = self._ref is None
             if self._ref is None:
                 self._needs_key = True  # the reference was lost: the sender must resend it
                 return self._emit(None, packet.seq, True)
-            self._needs_key = False
             if not packet.payload or self._ref.coding is None:
+                self._needs_key = False
                 return self._emit(None, packet.seq, False)  # no face: hold
             coding = self._ref.coding
-            self._key_symbols = coding.key_coder.decode(packet.payload) + coding.centre
+            try:
+                self._key_symbols = coding.key_coder.decode(packet.payload) + coding.centre
+            except PacketError:
+                self._needs_key = True  # a corrupt key: its deltas cannot decode either
+                raise
+            self._needs_key = False
             return self._emit(self._render(self._key_symbols), packet.seq, False)
         if packet.key_seq != self._key_seq or self._ref is None:
             self._needs_key = True  # its key never arrived

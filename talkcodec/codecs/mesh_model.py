@@ -80,9 +80,15 @@ class ShapeModel:
             model = cls(**{k: tensors[k].astype(np.float64) for k in _TENSORS}, info=info)
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
             raise WeightsError(f"{source}: not a valid mesh shape model ({exc})") from None
-        points = model.mean.shape[0]
-        if model.basis.shape != (MAX_COEFFICIENTS, points * 3) or model.step.shape != (POSE_PARAMS + MAX_COEFFICIENTS,):
-            raise WeightsError(f"{source}: shape model tensors have unexpected shapes")
+        params = POSE_PARAMS + MAX_COEFFICIENTS
+        expected = {"mean": (478, 3), "basis": (MAX_COEFFICIENTS, 478 * 3), "step": (params,), "key_scale": (params,),
+                    "key_centre": (params,), "delta_scale": (MAX_KEY_DISTANCE, params)}  # fmt: skip
+        for name, shape in expected.items():
+            value = getattr(model, name)
+            if value.shape != shape or not np.isfinite(value).all():
+                raise WeightsError(f"{source}: tensor {name} is {value.shape}, expected finite {shape}")
+        if (model.step <= 0).any() or (model.key_scale <= 0).any() or (model.delta_scale <= 0).any():
+            raise WeightsError(f"{source}: quantization steps and scales must be positive")
         return model
 
     def save(self, path: str | Path) -> None:
