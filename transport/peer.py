@@ -122,7 +122,8 @@ class FaceSender:
         encoder = self._encoder
         assert encoder is not None
         try:
-            if self._first_packets:
+            if self._first_packets:  # frame 0, encoded ahead, leaves at its time on the clock
+                time.sleep(max(0.0, start - time.time()))
                 loop.call_soon_threadsafe(offer, self._first_packets)
             for index, frame in enumerate(frames, start=1):
                 if self._stop.is_set():
