@@ -167,7 +167,7 @@ def plot(report: dict, path: Path) -> None:
 
 def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | None:
     """Original | the first talkcodec codec | the anchor at its nearest bitrate, on the first clip."""
-    from ..demo import _label
+    from ..demo import label
     from ..video import Mp4Writer
     from .clips import load_clip
     from .run import code
@@ -184,8 +184,8 @@ def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | Non
     path = out / "side_by_side.mp4"
     with Mp4Writer(path, clip.fps, (256 * 3, 256)) as writer:
         for original, x, y in zip(clip.frames, a.decoded, b.decoded):
-            writer.write(np.hstack([_label(original, "original"), _label(x, f"{talk} {mine['kbps']:.1f} kbps"),
-                                    _label(y, f"{anchor} {theirs['kbps']:.1f} kbps")]))  # fmt: skip
+            writer.write(np.hstack([label(original, "original"), label(x, f"{talk} {mine['kbps']:.1f} kbps"),
+                                    label(y, f"{anchor} {theirs['kbps']:.1f} kbps")]))  # fmt: skip
     return path
 
 

@@ -48,7 +48,8 @@ class DemoReport:
         }
 
 
-def _label(image: np.ndarray, text: str) -> np.ndarray:
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``image`` with ``text`` written in its top-left corner (for side-by-side videos)."""
     image = image.copy()
     cv2.putText(image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
@@ -75,10 +76,10 @@ def run_demo(
     def compose(index: int, decoded: np.ndarray) -> np.ndarray:
         original = next(originals, None)
         if original is None:
-            return np.hstack([np.zeros_like(decoded), _label(decoded, caption)])
+            return np.hstack([np.zeros_like(decoded), label(decoded, caption)])
         report.psnr.append(psnr(original, decoded))
         report.ssim.append(ssim(original, decoded))
-        return np.hstack([_label(original, "original"), _label(decoded, caption)])
+        return np.hstack([label(original, "original"), label(decoded, caption)])
 
     try:
         report.decoded = decode_file(tkc, video, progress=progress, compose=compose)

@@ -160,11 +160,13 @@ def decode_file(
         audio_written = 0
         last: np.ndarray | None = None
 
+        def written() -> int:
+            return writer.frames_written if writer is not None else 0
+
         def write(image: np.ndarray) -> None:
             nonlocal writer
-            index = writer.frames_written if writer is not None else 0
             if compose is not None:
-                image = compose(index, image)
+                image = compose(written(), image)
             if writer is None:
                 size = (image.shape[1], image.shape[0])
                 writer = Mp4Writer(output, header.fps, size, sample_rate=OPUS_RATE if opus else None)
@@ -195,11 +197,10 @@ def decode_file(
                     break
                 stats.codec_seconds += time.perf_counter() - tick
                 for frame in frames:
-                    done = writer.frames_written if writer is not None else 0
-                    if frame.seq - done > max_gap:
-                        stats.damage = f"frame numbers jump from {done} to {frame.seq}"
+                    if frame.seq - written() > max_gap:
+                        stats.damage = f"frame numbers jump from {written()} to {frame.seq}"
                         break
-                    while (writer.frames_written if writer is not None else 0) < frame.seq:
+                    while written() < frame.seq:
                         write(last if last is not None else frame.image)  # frames that never came: hold
                         stats.concealed_frames += 1
                     write(frame.image)

@@ -8,7 +8,7 @@ import pytest
 
 from talkcodec.cli import main
 from talkcodec.packet import Packet, PacketKind
-from talkcodec.transport.call import CallOptions, Peer, loopback, use_loopback_only
+from talkcodec.transport.call import CallOptions, Peer, use_loopback_only
 from talkcodec.transport.jitter import JitterBuffer
 from talkcodec.transport.peer import LossyChannel
 
@@ -18,7 +18,6 @@ SECONDS = 3.0
 def _call(sample, loss=0.0, **receiver):
     async def run():
         frames = []
-        a, b, reason = None, None, None
 
         async def watch(track):
             from aiortc.mediastreams import MediaStreamError
@@ -30,7 +29,7 @@ def _call(sample, loss=0.0, **receiver):
                     return
 
         use_loopback_only()
-        a, b = Peer(CallOptions(input=str(sample), seconds=SECONDS, loss=loss), "a"), Peer(CallOptions(**receiver), "b")
+        a, b = Peer(CallOptions(input=str(sample), seconds=SECONDS, loss=loss)), Peer(CallOptions(**receiver))
         await a.pc.setRemoteDescription(await b.answer(await a.offer()))
         watcher = asyncio.ensure_future(watch(b.receiver.track))
         reasons = await asyncio.gather(a.run(), b.run())
@@ -82,8 +81,8 @@ def test_loss_is_concealed_and_recovered(sample_video, loss):
 def test_a_vanished_peer_ends_the_call(sample_video):
     async def run():
         use_loopback_only()
-        a = Peer(CallOptions(input=str(sample_video), loop=True), "a")
-        b = Peer(CallOptions(vanish_after=1.5), "b")
+        a = Peer(CallOptions(input=str(sample_video), loop=True))
+        b = Peer(CallOptions(vanish_after=1.5))
         await a.pc.setRemoteDescription(await b.answer(await a.offer()))
         sending = asyncio.ensure_future(a.run())
         await asyncio.sleep(2.0)

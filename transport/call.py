@@ -50,8 +50,8 @@ def use_loopback_only() -> None:
 
 
 class Peer:
-    def __init__(self, options: CallOptions, name: str = "peer"):
-        self.options, self.name = options, name
+    def __init__(self, options: CallOptions):
+        self.options = options
         set_opus_bitrate(options.audio_kbps * 1000)
         self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None)
         servers = [RTCIceServer(urls=url) for url in options.stun]
@@ -82,7 +82,7 @@ class Peer:
 
         @channel.on("message")
         def on_message(data: bytes | str) -> None:
-            message = self.receiver.on_message(data, self._send_control)
+            message = self.receiver.on_message(data)
             if message and self.sender is not None:
                 self.sender.on_control(message)
 
@@ -191,7 +191,7 @@ async def _receive_first(signaling: BaseSignaling, wait: float = 15.0) -> object
 
 async def run_over_signaling(signaling: BaseSignaling, options: CallOptions, offerer: bool) -> tuple[str, dict]:
     """One call through ``signaling``; the offerer speaks first (with TCP it is the listener)."""
-    peer = Peer(options, "offerer" if offerer else "answerer")
+    peer = Peer(options)
     await signaling.connect()
     try:
         if offerer:
@@ -215,7 +215,7 @@ async def run_over_signaling(signaling: BaseSignaling, options: CallOptions, off
 async def loopback(sender: CallOptions, receiver: CallOptions) -> tuple[Peer, Peer, str]:
     """Both peers in this process over 127.0.0.1; returns them and why the receiver stopped."""
     use_loopback_only()
-    a, b = Peer(sender, "sender"), Peer(receiver, "receiver")
+    a, b = Peer(sender), Peer(receiver)
     offer = await a.offer()
     await a.pc.setRemoteDescription(await b.answer(offer))
     results = await asyncio.gather(a.run(), b.run())

@@ -85,7 +85,6 @@ class FaceSender:
         has_audio = not source.startswith("/dev/video")
         self.audio = FileAudioTrack(source, loop=loop) if has_audio else None
         self._stop = threading.Event()
-        self.finished = asyncio.Event()
         # The slow start-up (mediapipe graphs, opening the input) happens here, before the call
         # connects, so it neither delays the first frames nor stalls the call's event loop.
         # The first frame is encoded here too: mediapipe's first real inference (and the reference
@@ -168,7 +167,6 @@ class FaceSender:
             control.send(json.dumps({"type": "bye", "last_seq": self.last_seq}))
         finally:
             self._stop.set()
-            self.finished.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -197,7 +195,7 @@ class FaceReceiver:
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (seq, local time) of the first frame packet
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
-        self._pending: list[Packet] = []  # references that arrived before the decoder existed
+        self._record_start = 0  # seq of the first recorded frame
         self.shown: deque[tuple[int, bool]] = deque(maxlen=100_000)  # (seq, concealed) of recent frames
         self.reason = ""
         self.failure: str | None = None  # set by the call when its sending half fails
@@ -206,7 +204,7 @@ class FaceReceiver:
         self.failure = why
 
     # -- input from the channels -------------------------------------------------------------
-    def on_message(self, data: bytes | str, send_control: Callable[[str], None]) -> dict | None:
+    def on_message(self, data: bytes | str) -> dict | None:
         """Handle one message from either channel; returns a control message meant for the sender."""
         self._last_arrival = time.time()
         if isinstance(data, str):
@@ -228,7 +226,7 @@ class FaceReceiver:
                     self._last_seq = message["last_seq"]
             elif message.get("type") == "alive" and isinstance(message.get("audio_bytes"), int):
                 self.stats.total.audio_bytes_received = message["audio_bytes"]  # as sent by the other side
-            return message if isinstance(message, dict) else None
+            return message
         try:
             packet = Packet.from_bytes(data)
         except PacketError:
