@@ -62,7 +62,18 @@ class Encoder(ABC):
 
 
 class Decoder(ABC):
-    """Receiver side. Feed it every packet that arrives (``None`` for one that did not)."""
+    """Receiver side. Feed it every packet that arrives (``None`` for one that did not).
+
+    Audio-driven decoders (``uses_audio``) also want the call's audio as it is heard:
+    ``push_audio`` it (time 0 = the stream's first frame) before decoding the frames it covers,
+    including ``lookahead_s`` of audio after each frame; missing audio reads as silence.
+    """
+
+    uses_audio: bool = False
+    lookahead_s: float = 0.0  # audio needed after a frame's time before it can be decoded
+
+    def push_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Mono float32 samples of the call's audio, continuing the previous ones."""
 
     @abstractmethod
     def decode(self, packet: Packet | None) -> list[Frame]:

@@ -81,14 +81,27 @@ def mel_windows(samples: np.ndarray, frame_times: np.ndarray, settings: MelSetti
 
     Windows that reach past either end of the audio are padded with silence.
     """
-    mel = log_mel(samples, settings)  # (n_mels, T)
+    return slice_windows(log_mel(samples, settings), frame_times, settings)
+
+
+def slice_windows(mel: np.ndarray, frame_times: np.ndarray, settings: MelSettings = MelSettings()) -> np.ndarray:
+    """``mel_windows`` from an already computed (n_mels, T) spectrogram of audio starting at time 0."""
     silence = np.log(1e-6)
     steps = settings.steps
     starts = np.rint((np.asarray(frame_times) + settings.lookahead_s - settings.window_s) / settings.hop_s).astype(int)
     pad = steps + max(0, -int(starts.min(initial=0)))
-    padded = np.pad(mel, ((0, 0), (pad, pad + int(starts.max(initial=0)))), constant_values=silence)
+    padded = np.pad(mel, ((0, 0), (pad, pad + max(0, int(starts.max(initial=0))))), constant_values=silence)
     index = starts[:, None] + pad + np.arange(steps)[None, :]  # (N, steps)
     return np.ascontiguousarray(padded[:, index].transpose(1, 0, 2))  # (n_mels, N, steps) -> (N, n_mels, steps)
+
+
+def opus_round_trip(samples: np.ndarray, sample_rate: int, bitrate: int = 24000) -> np.ndarray:
+    """The samples as a receiver hears them after Opus at ``bitrate`` (same rate and length)."""
+    encoder, decoder = OpusEncoder(bitrate, sample_rate), OpusDecoder()
+    packets = encoder.encode(samples) + encoder.encode(None)
+    decoded = np.concatenate([decoder.decode(data) for _, data in packets]) if packets else np.zeros(0, np.float32)
+    out = resample(decoded, OPUS_RATE, sample_rate)[: len(samples)]
+    return np.pad(out, (0, len(samples) - len(out)))
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -164,3 +177,41 @@ class OpusDecoder:
             return np.zeros(OPUS_FRAME, dtype=np.float32)  # a damaged packet: 20 ms of silence
         out = [f.to_ndarray().astype(np.float32).reshape(-1) for f in frames]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+class AudioTimeline:
+    """The audio a receiver has heard so far, and the log-mel window of any frame time.
+
+    Time 0 is the stream's first frame. Audio not (yet) received reads as silence, exactly like
+    the silence padding of the training windows (``slice_windows``), so a window computed here
+    equals the one training saw for the same audio. Keeps the last ``keep_s`` seconds.
+    """
+
+    MARGIN = 4  # mel columns of context on each side (covers the STFT half-window)
+
+    def __init__(self, settings: MelSettings = MelSettings(), keep_s: float = 30.0):
+        self.settings = settings
+        self._hop = round(settings.hop_s * settings.sample_rate)
+        self._samples = np.zeros(0, np.float32)
+        self._start = 0  # stream sample index of self._samples[0]
+        self._keep = int(keep_s * settings.sample_rate)
+
+    def push(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Append mono float32 samples that follow the previous ones."""
+        samples = resample(np.asarray(samples, np.float32).reshape(-1), sample_rate, self.settings.sample_rate)
+        self._samples = np.concatenate([self._samples, samples])
+        if len(self._samples) > 2 * self._keep:
+            drop = len(self._samples) - self._keep
+            self._samples, self._start = self._samples[drop:], self._start + drop
+
+    def window(self, time_s: float) -> np.ndarray:
+        """(n_mels, steps) window of the frame at ``time_s`` (ends ``lookahead_s`` after it)."""
+        s = self.settings
+        first = int(round((time_s + s.lookahead_s - s.window_s) / s.hop_s))  # first mel column
+        lo = (first - self.MARGIN) * self._hop - self._start
+        chunk = np.zeros((s.steps + 2 * self.MARGIN) * self._hop, np.float32)
+        a, b = max(lo, 0), min(lo + len(chunk), len(self._samples))
+        if b > a:
+            chunk[a - lo : b - lo] = self._samples[a:b]
+        mel = log_mel(chunk, s)  # (n_mels, columns): column j is at chunk time j * hop
+        return mel[:, self.MARGIN : self.MARGIN + s.steps]

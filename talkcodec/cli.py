@@ -1,4 +1,4 @@
-"""The ``talkcodec`` command: encode | decode | info | demo | call | bench | fit-mesh.
+"""The ``talkcodec`` command: encode | decode | info | demo | call | bench | train | fit-mesh.
 
 Every subcommand is ``main(argv)``-callable (tests use that); user mistakes end in one line on
 stderr and exit status 2, never a traceback.
@@ -52,7 +52,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from .pipeline import decode_file
 
     output = args.output or Path(args.input).with_suffix(".mp4")
-    stats = decode_file(args.input, output, progress=not args.quiet)
+    stats = decode_file(args.input, output, progress=not args.quiet, settings=_parse_settings(args.set))
     s = stats.summary()
     if stats.damage:
         print(f"talkcodec: warning: {args.input} is damaged ({stats.damage}); decoded up to there", file=sys.stderr)
@@ -101,6 +101,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "side by side": s["side_by_side"],
         "stream": s["tkc"],
     })  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.trainer import train
+
+    settings = _parse_settings(args.set)
+    for key, value in (("codec", args.codec), ("model", args.model), ("epochs", args.epochs),
+                       ("steps_per_epoch", args.steps), ("batch_size", args.batch)):  # fmt: skip
+        if value is not None:
+            settings[key] = value
+    if not args.resume and "codec" not in settings:
+        raise TalkcodecError("--codec is required for a new run (avfr or apb)")
+    if not args.resume and not args.data and not args.cache:
+        raise TalkcodecError("--data is required for a new run (clip files or folders), or --cache with a built cache")
+    last = train(args.out, settings, args.data, args.cache, args.resume, args.minutes, args.device, not args.quiet)
+    figures = {name: {k: round(v, 4) for k, v in m.items()} for name, m in (last.get("validation") or {}).items()}
+    print(f"{args.out}: step {last['step']}, validation {json.dumps(figures)}")
+    print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set weights=...)")
 
 
 def cmd_fit_mesh(args: argparse.Namespace) -> None:
@@ -201,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode a .tkc stream into an mp4 (H.264 + AAC)")
     p.add_argument("input")
     p.add_argument("-o", "--output", help="output .mp4 (default: input name with .mp4)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="decoder setting, e.g. weights=PATH")
     common(p)
     p.set_defaults(run=cmd_decode)
 
@@ -245,6 +264,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="rate-distortion of every codec against x264/x265/VP8/VP9/AV1")
     add_bench_arguments(p)
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("train", help="train a learned codec (avfr, apb) on talking-head clips")
+    p.add_argument("--codec", choices=["avfr", "apb"], help="which codec's networks to train")
+    p.add_argument("--data", nargs="+", metavar="CLIPS", help="video files or folders (preprocessed once into the cache)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoint, weights, samples, curves")
+    p.add_argument("--cache", metavar="DIR", help="preprocessed-clip cache (default RUN_DIR/cache); share it between runs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--model", choices=["tiny", "small", "paper"], help="network size (default small: CPU-trainable)")
+    p.add_argument("--epochs", type=int, help="epochs to train to (default 10)")
+    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100)")
+    p.add_argument("--batch", type=int, help="batch size (default 8)")
+    p.add_argument("--minutes", type=float, help="stop after this long, with a checkpoint to --resume from")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="other training settings, e.g. lr=1e-4, gan_start=500, losses={\"l1\":50}")
+    common(p)
+    p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("fit-mesh", help="(maintainers) fit the mesh codec's shape model on videos")
     p.add_argument("videos", nargs="+")

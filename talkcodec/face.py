@@ -103,6 +103,23 @@ def eye_aspect_ratio(landmarks: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
+@lru_cache(maxsize=1)
+def mesh_edges() -> np.ndarray:
+    """(2556, 2) landmark index pairs of the face-mesh tessellation (mediapipe's)."""
+    mp = _quiet_mediapipe()
+    return np.array(sorted(mp.solutions.face_mesh_connections.FACEMESH_TESSELATION), dtype=np.int32)
+
+
+def rasterize_mesh(landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """(size, size) float32 in [0, 1]: the face mesh drawn as anti-aliased lines (AVFR-GAN's
+    structural prior). ``landmarks`` (478, 2+) are in pixels of a ``CROP_SIZE`` crop."""
+    raster = np.zeros((size, size), np.uint8)
+    points = np.rint(landmarks[:, :2] * (size / CROP_SIZE) * 16).astype(np.int32)  # 4 fractional bits
+    lines = points[mesh_edges()]  # (E, 2 ends, 2 coords)
+    cv2.polylines(raster, list(lines), False, 255, 1, cv2.LINE_AA, shift=4)
+    return raster.astype(np.float32) / 255.0
+
+
 class HeadPoseEstimator:
     """Yaw, pitch, roll from 2D landmarks against the canonical face with ``cv2.solvePnP``."""
 

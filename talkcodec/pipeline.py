@@ -145,14 +145,18 @@ def decode_file(
     output: str | Path,
     progress: bool = True,
     compose: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> StreamStats:
     """Decode a .tkc file to an mp4 (H.264 + AAC). A damaged file decodes up to the damage
     (``stats.damage`` says where) and the mp4 is still closed properly. ``compose(frame_index,
-    image)`` may replace each output image (the demo puts the original beside the decoded face)."""
+    image)`` may replace each output image (the demo puts the original beside the decoded face).
+    ``settings`` go to the codec (e.g. ``weights`` for the learned codecs)."""
     start = time.perf_counter()
     with TkcReader(source) as reader:
         header = reader.header
-        decoder = get_codec(header.codec).decoder()
+        decoder = get_codec(header.codec, **(settings or {})).decoder()
+        if decoder.uses_audio and header.audio_rate:
+            decoder.push_audio(_stream_audio(source), OPUS_RATE)  # a file has all of it: no look-ahead wait
         stats = StreamStats(header.codec, float(header.fps))
         opus = OpusDecoder() if header.audio_rate else None
         max_gap = int(MAX_GAP_S * float(header.fps))
@@ -218,6 +222,23 @@ def decode_file(
         raise InputError(f"{source}: no decodable frame")
     stats.wall_seconds = time.perf_counter() - start
     return stats
+
+
+def _stream_audio(source: str | Path) -> np.ndarray:
+    """All of a .tkc file's audio as one 48 kHz track from time 0 (gaps filled with silence)."""
+    opus = OpusDecoder()
+    pieces: list[np.ndarray] = []
+    end = 0
+    with TkcReader(source) as reader:
+        for item in reader:
+            if not isinstance(item, AudioChunk) or item.pts < end:
+                continue
+            if item.pts - end > MAX_GAP_S * OPUS_RATE:
+                break
+            pcm = opus.decode(item.data)
+            pieces += [np.zeros(item.pts - end, np.float32), pcm]
+            end = item.pts + len(pcm)
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
 def file_info(source: str | Path) -> dict[str, Any]:

@@ -115,3 +115,91 @@ class LaplaceCoder:
             return np.asarray(coder.decode(self._model, self._means, self.scales), dtype=np.int32)
         except Exception as exc:  # constriction raises on invalid compressed data
             raise PacketError(f"corrupted entropy-coded payload ({exc})") from None
+
+
+MAX_KEY_DISTANCE = 64  # delta-scale tables have this many rows; farther deltas use the last
+
+
+@dataclass(frozen=True)
+class VectorCoding:
+    """Quantization + entropy coding of one float vector per frame, key and delta packets.
+
+    A key codes ``round(x / step) - centre`` with Laplace scales ``key_scale``; a delta codes
+    the symbols minus its key's, with scales ``delta_scale[distance - 1]`` (the spread grows
+    with the distance to the key). Steps and scales are fitted on real tracks by ``fit``.
+    """
+
+    step: np.ndarray  # (D,) quantization step of each value
+    key_centre: np.ndarray  # (D,) typical symbol of each value
+    key_scale: np.ndarray  # (D,) Laplace scale of key symbols around the centre
+    delta_scale: np.ndarray  # (MAX_KEY_DISTANCE, D) Laplace scale of symbol - key symbol
+
+    @classmethod
+    def fit(cls, tracks: list[np.ndarray], step: np.ndarray) -> VectorCoding:
+        """Statistics of (T, D) tracks of consecutive frames (25 fps) quantized with ``step``."""
+        symbols = [np.rint(np.asarray(t, np.float64) / step) for t in tracks if len(t)]
+        if not symbols:
+            raise ValueError("no frames to fit the coding on")
+        everything = np.concatenate(symbols)
+        centre = np.median(everything, axis=0)
+        key_scale = np.maximum(np.abs(everything - centre).mean(axis=0), 0.5)
+        delta_scale = np.ones((MAX_KEY_DISTANCE, len(step)))
+        for d in range(1, MAX_KEY_DISTANCE + 1):
+            diffs = [s[d:] - s[:-d] for s in symbols if len(s) > d]
+            delta_scale[d - 1] = np.maximum(np.abs(np.concatenate(diffs)).mean(axis=0), 0.3) if diffs else delta_scale[d - 2]
+        return cls(np.asarray(step, np.float64), centre, key_scale, delta_scale)
+
+    def scaled(self, precision: float) -> VectorCoding:
+        """Coarser (precision > 1) or finer steps, scales adjusted to match."""
+        return VectorCoding(self.step * precision, np.rint(self.key_centre / precision),
+                            np.maximum(self.key_scale / precision, 0.2), np.maximum(self.delta_scale / precision, 0.2))  # fmt: skip
+
+    def to_arrays(self, prefix: str = "coding.") -> dict[str, np.ndarray]:
+        return {prefix + k: getattr(self, k).astype(np.float32) for k in ("step", "key_centre", "key_scale", "delta_scale")}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str = "coding.") -> VectorCoding:
+        """Raises ValueError on missing, mis-shaped or non-positive statistics."""
+        try:
+            values = {k: np.asarray(arrays[prefix + k], np.float64) for k in ("step", "key_centre", "key_scale", "delta_scale")}
+        except KeyError as exc:
+            raise ValueError(f"missing coding statistics {exc}") from None
+        dims = values["step"].shape
+        if len(dims) != 1 or values["key_centre"].shape != dims or values["key_scale"].shape != dims:
+            raise ValueError("coding statistics of inconsistent shapes")
+        if values["delta_scale"].shape != (MAX_KEY_DISTANCE, dims[0]):
+            raise ValueError("coding delta scales of the wrong shape")
+        if not all(np.isfinite(v).all() for v in values.values()):
+            raise ValueError("coding statistics are not finite")
+        if (values["step"] <= 0).any() or (values["key_scale"] <= 0).any() or (values["delta_scale"] <= 0).any():
+            raise ValueError("coding steps and scales must be positive")
+        return cls(**values)
+
+
+class VectorStream:
+    """The coders for one ``VectorCoding``, shared by an encoder and a decoder."""
+
+    def __init__(self, coding: VectorCoding):
+        self.coding = coding
+        self.quantizer = Quantizer(coding.step)
+        self.centre = coding.key_centre.astype(np.int32)
+        self.key_coder = LaplaceCoder(coding.key_scale)
+        self._delta_coders: dict[int, LaplaceCoder] = {}
+
+    def delta_coder(self, distance: int) -> LaplaceCoder:
+        row = min(max(distance, 1), MAX_KEY_DISTANCE) - 1
+        if row not in self._delta_coders:
+            self._delta_coders[row] = LaplaceCoder(self.coding.delta_scale[row])
+        return self._delta_coders[row]
+
+    def encode_key(self, symbols: np.ndarray) -> bytes:
+        return self.key_coder.encode(symbols - self.centre)
+
+    def decode_key(self, payload: bytes) -> np.ndarray:
+        return self.key_coder.decode(payload) + self.centre
+
+    def encode_delta(self, symbols: np.ndarray, key_symbols: np.ndarray, distance: int) -> bytes:
+        return self.delta_coder(distance).encode(symbols - key_symbols)
+
+    def decode_delta(self, payload: bytes, key_symbols: np.ndarray, distance: int) -> np.ndarray:
+        return self.delta_coder(distance).decode(payload) + key_symbols

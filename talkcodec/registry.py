@@ -20,7 +20,11 @@ CODEC_IDS: dict[str, int] = {"mesh": 1, "avfr": 2, "apb": 3}
 CODEC_NAMES: dict[int, str] = {i: n for n, i in CODEC_IDS.items()}
 
 #: Where each codec's implementation lives (imported on first use).
-_MODULES: dict[str, str] = {"mesh": "talkcodec.codecs.mesh"}
+_MODULES: dict[str, str] = {
+    "mesh": "talkcodec.codecs.mesh",
+    "avfr": "talkcodec.codecs.avfr",
+    "apb": "talkcodec.codecs.apb",
+}
 
 _CODECS: dict[str, type[Codec]] = {}
 

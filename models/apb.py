@@ -1,0 +1,105 @@
+"""The APB2FaceV2 bundle: audio-aware fuser phi + multi-face reenactor psi, with one JSON-able config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adaconv_reenactor import AdaConvReenactor, ReenactorConfig
+from .apb_fuser import AudioAwareFuser, FuserConfig
+
+
+def _build(cls: type, d: dict[str, Any]) -> Any:
+    """A flat dataclass from a dict: unknown keys are refused, lists become tuples."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}: expected a dict, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass
+class APBConfig:
+    size: int = 256  # square crop side the reenactor renders
+    fuser: FuserConfig = field(default_factory=FuserConfig)
+    reenactor: ReenactorConfig = field(default_factory=ReenactorConfig)
+
+    def __post_init__(self) -> None:
+        if self.fuser.latent != self.reenactor.latent:
+            raise ValueError(f"fuser.latent ({self.fuser.latent}) != reenactor.latent ({self.reenactor.latent})")
+        if self.size % 4:
+            raise ValueError(f"size must be a multiple of 4, got {self.size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> APBConfig:
+        unknown = set(d) - {"size", "fuser", "reenactor"}
+        if unknown:
+            raise ValueError(f"APBConfig: unknown keys {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        if "size" in d:
+            kwargs["size"] = d["size"]
+        if "fuser" in d:
+            kwargs["fuser"] = _build(FuserConfig, d["fuser"])
+        if "reenactor" in d:
+            kwargs["reenactor"] = _build(ReenactorConfig, d["reenactor"])
+        return cls(**kwargs)
+
+    @classmethod
+    def small(cls) -> APBConfig:
+        """CPU-trainable: 128x128 crops, narrow full-resolution layers (they dominate the cost), 6 cells."""
+        return cls(
+            size=128,
+            fuser=FuserConfig(audio_channels=(32, 48, 64, 96, 128), latent=128, hidden=32),
+            reenactor=ReenactorConfig(stem_channels=16, cell_channels=64, cells=6, latent=128, adaconv_hidden=64),
+        )
+
+    @classmethod
+    def tiny(cls) -> APBConfig:
+        """For tests: 64x64 crops, minimal channels."""
+        return cls(
+            size=64,
+            fuser=FuserConfig(audio_channels=(4, 4, 8, 8, 16), time_convs=2, hidden=8, latent=16),
+            reenactor=ReenactorConfig(
+                stem_channels=4, cell_channels=8, cells=2, latent=16, adaconv_hidden=8, mlp_ratio=2
+            ),
+        )
+
+
+class APBModel(nn.Module):
+    """phi + psi. The sender's side needs nothing (pose and blink travel, audio is already in the call);
+    the receiver runs ``prepare`` once per reference, then ``geometry`` + ``render`` per frame."""
+
+    def __init__(self, config: APBConfig | None = None):
+        super().__init__()
+        self.config = config or APBConfig()
+        self.fuser = AudioAwareFuser(self.config.fuser)
+        self.reenactor = AdaConvReenactor(self.config.reenactor)
+
+    def geometry(self, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi (eq. 2): (B, n_mels, steps), (B, 3), (B, 2) -> f_geo (B, latent), landmarks (B, L, 2)."""
+        return self.fuser(mel, pose, blink)
+
+    def prepare(self, reference: torch.Tensor) -> torch.Tensor:
+        """psi_E: reference (B, 3, size, size) -> features (B, C, size/4, size/4)."""
+        return self.reenactor.encode(reference)
+
+    def render(self, features: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
+        """psi_T + psi_D: features from ``prepare`` and f_geo -> image (B, 3, size, size) in [0, 1]."""
+        return self.reenactor.decode(features, f_geo)
+
+    def forward(
+        self, reference: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Training pass: dict(image (B, 3, H, W), landmarks (B, L, 2), f_geo (B, latent))."""
+        f_geo, landmarks = self.geometry(mel, pose, blink)
+        image = self.render(self.prepare(reference), f_geo)
+        return {"image": image, "landmarks": landmarks, "f_geo": f_geo}

@@ -1,0 +1,109 @@
+"""APB2FaceV2's audio-aware fuser phi: audio + head pose + eye blink -> geometry vector f_geo.
+
+    f_geo = phi_D([f_A, f_H, f_E])                                             (eq. 2)
+
+f_A comes from the audio branch phi_A (five convolutions along the mel axis of every time step,
+then convolutions across time), f_H and f_E from three-layer MLPs on the head pose and the eye
+blink. A linear landmark head on f_geo carries the geometry loss L_G (eq. 6), which supervises
+f_geo with the frame's facial landmarks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import normalise_mel
+
+
+@dataclass
+class FuserConfig:
+    n_mels: int = 80  # mel bands of the input window
+    steps: int = 20  # mel frames per window the time convolutions are laid out for (10..80 all work)
+    audio_channels: tuple[int, ...] = (72, 108, 162, 243, 256)  # one stride-2 1x3 conv along mel per entry
+    time_convs: int = 5  # convolutions across time
+    hidden: int = 64  # width of the pose and blink MLPs
+    latent: int = 256  # size of f_A and of f_geo
+    num_landmarks: int = 478  # mediapipe face mesh
+    pose_scale: float = 30.0  # degrees -> O(1) network input
+    blink_mean: float = 0.28  # typical open-eye aspect ratio
+    blink_scale: float = 0.1
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with LeakyReLU(0.2) after every one."""
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.LeakyReLU(0.2, inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _time_strides(steps: int, count: int) -> list[int]:
+    """Stride 2 while the sequence stays >= 2 long (kernel 3, padding 1), then stride 1."""
+    strides = []
+    for _ in range(count):
+        stride = 2 if math.ceil(steps / 2) >= 2 else 1
+        steps = math.ceil(steps / stride)
+        strides.append(stride)
+    return strides
+
+
+class AudioAwareFuser(nn.Module):
+    """phi: (log-mel window, head pose, eye blink) -> (f_geo, landmarks)."""
+
+    TIME_OUT = 2  # time steps left after the time convolutions (the authors' code: 2)
+
+    def __init__(self, config: FuserConfig | None = None):
+        super().__init__()
+        self.config = config = config or FuserConfig()
+        # phi_A, part 1: per time step, 1x3 convs with stride 2 along the mel axis.
+        freq_layers: list[nn.Module] = []
+        freq, in_ch = config.n_mels, 1
+        for out_ch in config.audio_channels:
+            freq_layers += [nn.Conv2d(in_ch, out_ch, (1, 3), (1, 2), (0, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            freq, in_ch = math.ceil(freq / 2), out_ch
+        self.freq_convs = nn.Sequential(*freq_layers)
+        # phi_A, part 2: convs across time over the (channels x remaining mel bins) features.
+        time_layers: list[nn.Module] = []
+        in_ch = in_ch * freq
+        for stride in _time_strides(config.steps, config.time_convs):
+            time_layers += [nn.Conv1d(in_ch, config.latent, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True)]
+            in_ch = config.latent
+        self.time_convs = nn.Sequential(*time_layers)
+        self.time_pool = nn.AdaptiveAvgPool1d(self.TIME_OUT)  # any window length -> 2 steps
+        self.audio_out = nn.Sequential(nn.Linear(in_ch * self.TIME_OUT, config.latent), nn.LeakyReLU(0.2, True))
+        # phi_H and phi_E: three linear layers each.
+        self.pose_mlp = _mlp([3, config.hidden, config.hidden, config.hidden])
+        self.blink_mlp = _mlp([2, config.hidden, config.hidden, config.hidden])
+        # phi_D: three linear layers, the last without activation.
+        fused = config.latent + 2 * config.hidden
+        self.fuse = nn.Sequential(_mlp([fused, config.latent, config.latent]), nn.Linear(config.latent, config.latent))
+        self.landmark_head = nn.Linear(config.latent, 2 * config.num_landmarks)
+
+    def audio_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """phi_A: (B, n_mels, steps) raw log-mel -> f_A (B, latent)."""
+        x = normalise_mel(mel).transpose(1, 2).unsqueeze(1)  # (B, n_mels, T) -> (B, 1, T, n_mels)
+        x = self.freq_convs(x)  # (B, C, T, F')
+        b, c, t, f = x.shape
+        x = x.permute(0, 1, 3, 2).reshape(b, c * f, t)  # (B, C, T, F') -> (B, C*F', T)
+        x = self.time_pool(self.time_convs(x))  # (B, latent, 2)
+        return self.audio_out(x.flatten(1))  # (B, latent*2) -> (B, latent)
+
+    def forward(self, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel (B, n_mels, steps) log-mel, pose (B, 3) yaw/pitch/roll in degrees, blink (B, 2) eye aspect
+        ratios (right, left) -> f_geo (B, latent), landmarks (B, L, 2) in crop coords, [-1, 1]."""
+        cfg = self.config
+        if mel.dim() != 3 or mel.shape[1] != cfg.n_mels:
+            raise ValueError(f"mel must be (B, {cfg.n_mels}, steps), got {tuple(mel.shape)}")
+        f_audio = self.audio_features(mel)
+        f_pose = self.pose_mlp(pose / cfg.pose_scale)
+        f_blink = self.blink_mlp((blink - cfg.blink_mean) / cfg.blink_scale)
+        f_geo = self.fuse(torch.cat([f_audio, f_pose, f_blink], dim=1))  # eq. 2
+        f_geo = F.normalize(f_geo, dim=1) * math.sqrt(cfg.latent)  # unit norm per sample, O(1) entries
+        landmarks = self.landmark_head(f_geo).view(-1, cfg.num_landmarks, 2)  # (B, 2L) -> (B, L, 2)
+        return f_geo, landmarks

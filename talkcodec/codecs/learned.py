@@ -1,0 +1,314 @@
+"""What the learned codecs (`avfr`, `apb`) share: weights, the motion-vector stream, references.
+
+Each sends one small float vector per frame (AVFR: keypoints + jacobians; APB: head pose +
+blink), quantized and range-coded exactly like `mesh`'s parameters: key packets code the
+symbols, deltas code their difference from the key's (``quant.VectorStream``), so a lost
+packet costs one frame. The reference packet carries the image, the precision and the
+fingerprint of the weights the stream was made for; a decoder with other weights refuses the
+stream instead of drawing nonsense. Subclasses say how a face observation becomes a vector
+(sender) and how a vector, a reference and the heard audio become an image (receiver).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..api import Codec, Decoder, Encoder, Frame
+from ..audio import AudioTimeline, MelSettings
+from ..device import resolve_device
+from ..errors import PacketError, TalkcodecError, WeightsError
+from ..face import CROP_SIZE, CropSettings, FaceObservation, FaceTracker
+from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
+from ..quant import VectorCoding, VectorStream
+from ..weights import Weights, load_weights
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    weights: str | None = None  # weights file; None = the weights shipped with talkcodec
+    device: str = "cpu"  # where the networks run: cpu, cuda, auto
+    key_interval: int = 25  # a key packet every this many frames
+    precision: float = 1.0  # quantization step multiplier: 2.0 = coarser motion, fewer bits
+    reference_format: str = "webp"  # or "jpeg"
+    reference_quality: int = 90
+    refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
+    crop: bool = True  # False: input frames are already square face crops (the bench's)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.key_interval <= 10_000 or not 0.05 <= self.precision <= 100:
+            raise TalkcodecError("key_interval must be in 1..10000 and precision in 0.05..100")
+        if self.reference_format not in ("webp", "jpeg"):
+            raise TalkcodecError("reference_format must be 'webp' or 'jpeg'")
+
+
+def shipped_weights(codec: str) -> Path | None:
+    path = Path(str(resources.files("talkcodec") / "data" / f"{codec}.safetensors"))
+    return path if path.is_file() else None
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, codec: str) -> Weights:
+    return load_weights(path, codec)
+
+
+def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, size, size) float in [0, 1]."""
+    if image.shape[0] != size or image.shape[1] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_image(tensor: torch.Tensor, size: int = CROP_SIZE) -> np.ndarray:
+    """(1, 3, s, s) in [0, 1] -> (size, size, 3) uint8."""
+    image = (tensor[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (3, s, s) -> (s, s, 3)
+    if image.shape[0] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(image)
+
+
+class LearnedCodec(Codec):
+    """Base of `avfr` and `apb`: loads the weights (and the network, lazily, on first use)."""
+
+    Settings = LearnedSettings
+    settings: LearnedSettings
+    segmentation: bool = False  # the sender needs the person mask
+
+    def __init__(self, **settings: Any):
+        super().__init__(**settings)
+        path = self.settings.weights or shipped_weights(self.name)
+        if path is None:
+            raise WeightsError(
+                f"the {self.name!r} codec needs trained weights and none ship with this talkcodec yet: train them with "
+                f"`talkcodec train --codec {self.name} --data CLIPS_DIR --out RUN_DIR` and pass "
+                f"weights=RUN_DIR/weights.safetensors (CLI: --set weights=RUN_DIR/weights.safetensors)"
+            )
+        self.weights = _load(str(path), self.name)
+        try:
+            self.mel = MelSettings(**self.weights.info.get("mel", {}))
+            self.coding = VectorCoding.from_arrays({k: v.numpy() for k, v in self.weights.tensors.items()})
+        except (TypeError, ValueError) as exc:
+            raise WeightsError(f"{path}: invalid weights metadata ({exc})") from None
+        self.stream = VectorStream(self.coding.scaled(self.settings.precision))
+        self.device = resolve_device(self.settings.device)
+        self._network: torch.nn.Module | None = None
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network, built and loaded on first use (an `apb` sender never needs it)."""
+        if self._network is None:
+            try:
+                network = self.build_network(self.weights)
+            except ValueError as exc:
+                raise WeightsError(f"{self.weights.path}: invalid network config ({exc})") from None
+            self._network = network.to(self.device).eval()
+        return self._network
+
+    @abstractmethod
+    def build_network(self, weights: Weights) -> torch.nn.Module:
+        """The network described by ``weights.config`` with the weights loaded."""
+
+    @abstractmethod
+    def vector(self, observation: FaceObservation) -> np.ndarray:
+        """Sender: the float vector this frame sends (the observation has a face)."""
+
+    def reference_extras(self, observation: FaceObservation, vector: np.ndarray | None) -> dict[str, Any]:
+        """Sender: what the reference packet carries besides the image."""
+        return {}
+
+    @abstractmethod
+    def prepare(self, image: np.ndarray, extras: dict[str, Any]) -> Any:
+        """Receiver: per-reference state (encoded features), computed once per reference."""
+
+    @abstractmethod
+    def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        """Receiver: (256, 256, 3) uint8 frame from the reference state, the vector and the
+        (n_mels, steps) log-mel window of the frame's audio."""
+
+    def encoder(self, fps: float | Fraction = 25) -> LearnedEncoder:
+        return LearnedEncoder(self, Fraction(fps).limit_denominator(1001))
+
+    def decoder(self, reference: np.ndarray | None = None) -> LearnedDecoder:
+        return LearnedDecoder(self, reference)
+
+
+class LearnedEncoder(Encoder):
+    def __init__(self, codec: LearnedCodec, fps: Fraction):
+        self.codec, self.settings, self.fps = codec, codec.settings, fps
+        self.tracker = FaceTracker(CropSettings(track=self.settings.crop), segmentation=codec.segmentation)
+        self.last_observation: FaceObservation | None = None
+        self._seq, self._ref_id, self._key_seq = 0, -1, -1
+        self._ref_pose: np.ndarray | None = None
+        self._key_symbols: np.ndarray | None = None
+        self._want_key = self._want_reference = False
+
+    def request_key(self) -> None:
+        self._want_key = True
+
+    def request_reference(self) -> None:
+        self._want_reference = True
+
+    def _reference_packet(self, observation: FaceObservation, vector: np.ndarray | None) -> Packet:
+        self._ref_id = (self._ref_id + 1) % 256
+        meta: dict[str, Any] = {
+            "image": encode_image(observation.crop, self.settings.reference_format, self.settings.reference_quality),
+            "precision": self.settings.precision,
+            "model": self.codec.weights.fingerprint,
+            "face": vector is not None,
+            **self.codec.reference_extras(observation, vector),
+        }
+        self._ref_pose = observation.pose if vector is not None else None
+        return Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id)
+
+    def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
+        observation = self.tracker.process(frame)
+        self.last_observation = observation
+        vector = None if observation.landmarks is None else self.codec.vector(observation)
+        symbols = None if vector is None else self.codec.stream.quantizer.quantize(vector)
+        turned = (
+            observation.pose is not None and self._ref_pose is not None
+            and np.abs(observation.pose - self._ref_pose).max() > self.settings.refresh_degrees
+        )  # fmt: skip
+        found_again = vector is not None and self._ref_pose is None
+        packets: list[Packet] = []
+        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
+            packets.append(self._reference_packet(observation, vector))
+            self._want_reference, self._want_key = False, True
+        distance = self._seq - self._key_seq
+        stream, codec_id = self.codec.stream, self.codec.codec_id
+        if self._want_key or self._key_symbols is None or distance >= self.settings.key_interval:
+            payload = b"" if symbols is None else stream.encode_key(symbols)
+            packets.append(Packet(codec_id, PacketKind.FRAME, self._seq, payload, key=True, ref_id=self._ref_id, fps=self.fps))
+            self._key_seq, self._key_symbols, self._want_key = self._seq, symbols, False
+        else:
+            payload = b"" if symbols is None else stream.encode_delta(symbols, self._key_symbols, distance)
+            packets.append(Packet(codec_id, PacketKind.FRAME, self._seq, payload, key_distance=distance))
+        self._seq += 1
+        return packets
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+@dataclass
+class _Reference:
+    image: np.ndarray  # (256, 256, 3) uint8 as received
+    state: Any  # the codec's prepared features; None when the reference has no face (hold only)
+    stream: VectorStream
+
+
+class LearnedDecoder(Decoder):
+    uses_audio = True
+
+    def __init__(self, codec: LearnedCodec, reference: np.ndarray | None = None):
+        self.codec = codec
+        self.audio = AudioTimeline(codec.mel)
+        self.lookahead_s = codec.mel.lookahead_s
+        self._references: dict[int, _Reference] = {}
+        self._streams: dict[float, VectorStream] = {}
+        self._ref: _Reference | None = None
+        self._key_seq = -1
+        self._key_symbols: np.ndarray | None = None
+        self._fps = Fraction(25)
+        self._last: Frame | None = None
+        self._initial = reference
+        self._needs_key = self._needs_reference = False
+
+    @property
+    def needs_key(self) -> bool:
+        return self._needs_key
+
+    @property
+    def needs_reference(self) -> bool:
+        return self._needs_reference
+
+    def push_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        self.audio.push(samples, sample_rate)
+
+    def _stream(self, precision: float) -> VectorStream:
+        if precision not in self._streams:
+            self._streams[precision] = VectorStream(self.codec.coding.scaled(precision))
+        return self._streams[precision]
+
+    def _add_reference(self, packet: Packet) -> None:
+        meta = unpack(packet.payload)
+        if not isinstance(meta, dict) or not isinstance(meta.get("image"), bytes):
+            raise PacketError(f"{self.codec.name} reference packet without an image")
+        if meta.get("model") != self.codec.weights.fingerprint:
+            raise WeightsError(
+                f"this stream was made with {self.codec.name} weights {meta.get('model')!r}, but this decoder has "
+                f"{self.codec.weights.fingerprint!r} ({self.codec.weights.path}); decode it with the sender's weights"
+            )
+        precision = meta.get("precision")
+        if not isinstance(precision, float | int) or not 0.05 <= precision <= 100:
+            raise PacketError(f"{self.codec.name} reference packet with invalid precision")
+        image = decode_image(meta["image"])
+        if image.shape != (CROP_SIZE, CROP_SIZE, 3):
+            image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+        state = self.codec.prepare(image, meta) if meta.get("face") else None
+        self._references[packet.ref_id] = _Reference(image, state, self._stream(float(precision)))
+        if len(self._references) > 4:  # keep the few most recent
+            del self._references[next(iter(self._references))]
+
+    def _render(self, symbols: np.ndarray, seq: int) -> np.ndarray:
+        assert self._ref is not None
+        vector = self._ref.stream.quantizer.dequantize(symbols)
+        with torch.inference_mode():
+            return self.codec.render(self._ref.state, vector, self.audio.window(float(seq / self._fps)))
+
+    def _emit(self, image: np.ndarray | None, seq: int, concealed: bool) -> list[Frame]:
+        if image is None:
+            for candidate in (self._last.image if self._last else None, self._ref.image if self._ref else None, self._initial):
+                if candidate is not None:
+                    image = candidate
+                    break
+            else:
+                return []  # nothing to show yet
+        frame = Frame(image, seq, float(seq / self._fps), concealed)
+        self._last = frame
+        return [frame]
+
+    def decode(self, packet: Packet | None) -> list[Frame]:
+        if packet is None:
+            return self._emit(None, self._last.seq + 1 if self._last else 0, True)
+        if packet.codec_id != self.codec.codec_id:
+            raise PacketError(f"a {packet.codec} packet given to the {self.codec.name} decoder")
+        if packet.kind == PacketKind.REFERENCE:
+            self._add_reference(packet)
+            return []
+        if packet.kind != PacketKind.FRAME:
+            return []
+        if packet.key:
+            self._fps = packet.fps or self._fps
+            self._ref = self._references.get(packet.ref_id)
+            self._key_seq, self._key_symbols = packet.seq, None
+            self._needs_reference = self._ref is None
+            if self._ref is None:
+                self._needs_key = True  # the reference was lost: the sender must resend it
+                return self._emit(None, packet.seq, True)
+            if not packet.payload or self._ref.state is None:
+                self._needs_key = False
+                return self._emit(None, packet.seq, False)  # no face: hold
+            try:
+                self._key_symbols = self._ref.stream.decode_key(packet.payload)
+            except PacketError:
+                self._needs_key = True  # a corrupt key: its deltas cannot decode either
+                raise
+            self._needs_key = False
+            return self._emit(self._render(self._key_symbols, packet.seq), packet.seq, False)
+        if packet.key_seq != self._key_seq or self._ref is None:
+            self._needs_key = True  # its key never arrived
+            return self._emit(None, packet.seq, True)
+        if not packet.payload or self._key_symbols is None or self._ref.state is None:
+            return self._emit(None, packet.seq, False)
+        symbols = self._ref.stream.decode_delta(packet.payload, self._key_symbols, packet.key_distance)
+        return self._emit(self._render(symbols, packet.seq), packet.seq, False)

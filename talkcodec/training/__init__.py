@@ -1,0 +1,1 @@
+"""Training the learned codecs: clip cache, pair datasets, objectives, the training loop."""

@@ -1,0 +1,235 @@
+"""Training and validation samples from the clip cache: (source, driving) pairs of one clip.
+
+Split (say it in every figure): clips named in ``Split.held_out`` are never trained on (new
+faces); of every other clip, the last ``Split.tail`` of its frames is held out too (same person,
+later in time). Training pairs come from the remaining head of each training clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..audio import MelSettings
+from ..errors import InputError
+from ..face import CROP_SIZE, rasterize_mesh
+from .cache import MASK_SIZE
+
+SILENCE = float(np.log(1e-6))
+
+
+@dataclass(frozen=True)
+class Split:
+    held_out: tuple[str, ...] = ("vr_face2", "lp_d3", "sadtalker_katiehill")  # whole clips never trained on
+    tail: float = 0.2  # the last 20 % of every training clip is validation
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Photometric and geometric jitter, the same for a pair's source and driving frames."""
+
+    colour: float = 0.1  # brightness / contrast / saturation amplitude
+    zoom: float = 0.08  # random scale in [1 - zoom, 1 + zoom]
+    shift: float = 0.04  # random shift, fraction of the crop
+    flip: bool = True  # horizontal mirror (only where the targets stay valid)
+
+
+class ClipFrames:
+    """One cached clip (``cache.py``), read without pickle; frames decoded on demand."""
+
+    def __init__(self, path: str | Path):
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        self.name = Path(path).stem
+        self.jpeg, self.offsets = arrays["jpeg"], arrays["offsets"]
+        self.landmarks = arrays["landmarks"].astype(np.float32)  # (N, 478, 2) crop px
+        self.face, self.mask = arrays["face"], arrays["mask"]  # (N,), (N, 64, 64)
+        self.pose, self.blink = arrays["pose"], arrays["blink"]  # (N, 3), (N, 2)
+        self.mel, self.has_audio = arrays["mel"].astype(np.float32), bool(arrays["has_audio"])  # (80, T)
+        if len(self.offsets) != len(self.face) + 1 or len(self.landmarks) != len(self.face):
+            raise InputError(f"{path}: inconsistent cache file")
+
+    def __len__(self) -> int:
+        return len(self.face)
+
+    def image(self, index: int) -> np.ndarray:
+        """(256, 256, 3) uint8 RGB."""
+        data = self.jpeg[self.offsets[index] : self.offsets[index + 1]]
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InputError(f"{self.name}: frame {index} does not decode")
+        return bgr[:, :, ::-1]
+
+    def mel_window(self, index: int, fps: float, settings: MelSettings) -> np.ndarray:
+        """(n_mels, steps) log-mel window of frame ``index`` (silence outside the audio)."""
+        steps = settings.steps
+        start = int(round((index / fps + settings.lookahead_s - settings.window_s) / settings.hop_s))
+        out = np.full((self.mel.shape[0], steps), SILENCE, np.float32)
+        lo, hi = max(start, 0), min(start + steps, self.mel.shape[1])
+        if hi > lo:
+            out[:, lo - start : hi - start] = self.mel[:, lo:hi]
+        return out
+
+
+def load_clips(cache_dir: str | Path, names: list[str] | None = None) -> list[ClipFrames]:
+    paths = sorted(Path(cache_dir).glob("*.npz"))
+    clips = [ClipFrames(p) for p in paths if names is None or p.stem in names]
+    if not clips:
+        raise InputError(f"{cache_dir}: no cached clips")
+    return clips
+
+
+def _geometry(rng: np.random.Generator, augment: Augment | None, size: int) -> tuple[np.ndarray, bool]:
+    """A 2x3 affine from 256-px crop coordinates to ``size``-px network input, and a flip flag."""
+    scale = size / CROP_SIZE
+    if augment is None:
+        return np.array([[scale, 0, 0], [0, scale, 0]], np.float64), False
+    zoom = 1 + rng.uniform(-augment.zoom, augment.zoom)
+    shift = rng.uniform(-augment.shift, augment.shift, 2) * size
+    centre = size / 2
+    s = scale * zoom
+    matrix = np.array([[s, 0, centre - s * CROP_SIZE / 2 + shift[0]], [0, s, centre - s * CROP_SIZE / 2 + shift[1]]])
+    flip = augment.flip and rng.random() < 0.5
+    if flip:
+        matrix[0] = -matrix[0]
+        matrix[0, 2] += size - 1
+    return matrix, flip
+
+
+def _colour(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1] with brightness, contrast and saturation jitter."""
+    brightness, contrast, saturation = 1 + rng.uniform(-amount, amount, 3)
+    grey = image.mean(axis=2, keepdims=True)
+    image = grey + (image - grey) * saturation
+    image = (image - image.mean()) * contrast + image.mean()
+    return np.clip(image * brightness, 0, 1)
+
+
+@dataclass
+class FrameInput:
+    image: np.ndarray  # (3, S, S) float32 in [0, 1]
+    mesh: np.ndarray  # (1, S, S) mesh raster
+    mask: np.ndarray  # (1, S, S)
+    landmarks: np.ndarray  # (478, 2) in [-1, 1] of the network input
+
+
+def frame_input(
+    clip: ClipFrames, index: int, size: int, matrix: np.ndarray, colour: tuple[np.random.Generator, float] | None,
+    structure: bool = True,
+) -> FrameInput:  # fmt: skip
+    """One frame at ``size`` px through the affine ``matrix`` (the same for a pair's frames)."""
+    image = cv2.warpAffine(clip.image(index), matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+    image = image.astype(np.float32) / 255.0
+    if colour is not None:
+        image = _colour(image, *colour).astype(np.float32)
+    points = clip.landmarks[index] @ matrix[:, :2].T + matrix[:, 2]  # (478, 2) network px
+    if structure:
+        mesh = rasterize_mesh(points * (CROP_SIZE / size), size) if clip.face[index] else np.zeros((size, size), np.float32)
+        mask_matrix = matrix.copy()
+        mask_matrix[:, :2] *= CROP_SIZE / MASK_SIZE  # the cached mask is MASK_SIZE px over the crop
+        mask = cv2.warpAffine(clip.mask[index], mask_matrix, (size, size), flags=cv2.INTER_LINEAR).astype(np.float32) / 255
+    else:
+        mesh = mask = np.zeros((1, 1), np.float32)
+    return FrameInput(
+        image.transpose(2, 0, 1).copy(), mesh[None], mask[None], (points / (size - 1) * 2 - 1).astype(np.float32)
+    )  # (H, W, 3) -> (3, H, W)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """``length`` random (source, driving) pairs per epoch from frame ranges of cached clips.
+
+    ``ranges``: (clip index, first frame, end frame) spans pairs may come from. ``pairs``
+    instead gives a fixed list of (clip index, source frame, driving frame) (validation).
+    """
+
+    def __init__(
+        self, clips: list[ClipFrames], size: int, mel: MelSettings, fps: float = 25.0,
+        ranges: list[tuple[int, int, int]] | None = None, pairs: list[tuple[int, int, int]] | None = None,
+        length: int = 1000, augment: Augment | None = None, structure: bool = True, seed: int = 0,
+    ):  # fmt: skip
+        self.clips, self.size, self.mel, self.fps = clips, size, mel, fps
+        self.augment, self.structure, self.seed, self.epoch = augment, structure, seed, 0
+        self.pairs = pairs
+        if pairs is None:
+            self.ranges = [(c, a, b) for c, a, b in (ranges or []) if b - a >= 2]
+            if not self.ranges:
+                raise InputError("no clip has enough frames to train on")
+            self.weights = np.array([b - a for _, a, b in self.ranges], np.float64)
+            self.weights /= self.weights.sum()
+            self.length = length
+        else:
+            self.length = len(pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _pick(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        clip_index, first, end = self.ranges[rng.choice(len(self.ranges), p=self.weights)]
+        face = self.clips[clip_index].face[first:end]
+        candidates = np.flatnonzero(face) + first if face.any() else np.arange(first, end)
+        source, driving = rng.choice(candidates, 2)
+        return clip_index, int(source), int(driving)
+
+    def frame(self, clip_index: int, index: int) -> dict[str, torch.Tensor]:
+        """One frame's network inputs (no augmentation): image, mesh, mask."""
+        matrix, _ = _geometry(np.random.default_rng(0), None, self.size)
+        f = frame_input(self.clips[clip_index], index, self.size, matrix, None, self.structure)
+        return {"image": torch.from_numpy(f.image), "mesh": torch.from_numpy(f.mesh), "mask": torch.from_numpy(f.mask)}
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, item))
+        clip_index, source, driving = self.pairs[item] if self.pairs is not None else self._pick(rng)
+        clip = self.clips[clip_index]
+        matrix, flip = _geometry(rng, self.augment, self.size)
+        colour = (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
+        src = frame_input(clip, source, self.size, matrix, colour, self.structure)
+        colour = (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
+        drv = frame_input(clip, driving, self.size, matrix, colour, self.structure)  # the same colour jitter
+        pose, blink = clip.pose[driving].copy(), clip.blink[driving].copy()
+        if flip:
+            pose[[0, 2]] *= -1  # mirrored yaw and roll
+            blink = blink[::-1].copy()
+        sample = {
+            "source": src.image, "driving": drv.image, "source_mesh": src.mesh, "driving_mesh": drv.mesh,
+            "source_mask": src.mask, "driving_mask": drv.mask, "landmarks": drv.landmarks,
+            "mel": clip.mel_window(driving, self.fps, self.mel), "pose": pose, "blink": blink,
+            "face": np.array(bool(clip.face[driving])),
+        }  # fmt: skip
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
+
+
+def split_ranges(clips: list[ClipFrames], split: Split) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[int]]:
+    """(training ranges, same-person tail ranges, indices of held-out clips)."""
+    train, tail, unseen = [], [], []
+    for i, clip in enumerate(clips):
+        if clip.name in split.held_out:
+            unseen.append(i)
+            continue
+        cut = int(round(len(clip) * (1 - split.tail)))
+        train.append((i, 0, cut))
+        tail.append((i, cut, len(clip)))
+    return train, tail, unseen
+
+
+def validation_pairs(
+    clips: list[ClipFrames], split: Split, per_clip: int = 4
+) -> dict[str, list[tuple[int, int, int]]]:
+    """Fixed validation pairs: the source is the clip's first frame with a face (the codec's
+    reference); drivers are evenly spaced over the tail ("tail") or the whole held-out clip ("unseen")."""
+    _, tail, unseen = split_ranges(clips, split)
+    out: dict[str, list[tuple[int, int, int]]] = {"tail": [], "unseen": []}
+    spans = [("tail", c, a, b) for c, a, b in tail] + [("unseen", c, 0, len(clips[c])) for c in unseen]
+    for kind, c, a, b in spans:
+        faces = np.flatnonzero(clips[c].face)
+        if len(faces) == 0 or b - a < 1:
+            continue
+        drivers = [d for d in np.linspace(a, b - 1, per_clip).round().astype(int) if clips[c].face[d]]
+        out[kind] += [(c, int(faces[0]), int(d)) for d in drivers]
+    return out

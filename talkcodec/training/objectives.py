@@ -1,0 +1,163 @@
+"""The training objectives of the two learned codecs: networks, critic and weighted losses.
+
+AVFR-GAN (eq. 4): L1 reconstruction + VGG perceptual + FOMM equivariance (keypoints and
+jacobians) + adversarial (multi-scale patch discriminator, eq. 3) + discriminator feature
+matching. APB2FaceV2: 1 * L_geo (landmark L1) + 100 * L1 + 1 * L_adv (WGAN with gradient
+penalty, PatchGAN critic), plus an optional perceptual term. Weights are overridable by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..models.apb import APBConfig, APBModel
+from ..models.avfr import AVFRConfig, AVFRModel
+from ..models.discriminators import (
+    MultiScaleDiscriminator,
+    MultiScaleDiscriminatorConfig,
+    PatchDiscriminator,
+    PatchDiscriminatorConfig,
+)
+from ..models.losses import (
+    PerceptualLoss,
+    RandomTPS,
+    equivariance_losses,
+    feature_matching_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    gradient_penalty,
+    wgan_critic_loss,
+    wgan_generator_loss,
+)
+
+Batch = dict[str, torch.Tensor]
+
+
+class Objective(ABC):
+    """A codec's network, its critic, and how to score a batch."""
+
+    codec: ClassVar[str]
+    default_weights: ClassVar[dict[str, float]]
+    structure: ClassVar[bool]  # batches need mesh rasters and masks
+    flip: ClassVar[bool]  # horizontal flips keep the targets valid
+    needs_audio: ClassVar[bool]  # train only on clips with audio
+    presets: ClassVar[dict[str, Any]]
+
+    def __init__(self, config: Any, weights: dict[str, float] | None = None, perceptual: nn.Module | None = None):
+        unknown = set(weights or {}) - set(self.default_weights)
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {sorted(unknown)}; {self.codec} has {sorted(self.default_weights)}")
+        self.weights = {**self.default_weights, **(weights or {})}
+        self.config = config
+        self.model: nn.Module = self.build_model(config)
+        self.critic: nn.Module = self.build_critic()
+        self.perceptual = perceptual if perceptual is not None else PerceptualLoss()
+        if self.weights.get("perceptual", 0) == 0:
+            self.perceptual = None
+
+    @classmethod
+    def preset(cls, name: str) -> Any:
+        if name not in cls.presets:
+            raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(cls.presets)}")
+        return cls.presets[name]()
+
+    @abstractmethod
+    def build_model(self, config: Any) -> nn.Module: ...
+
+    @abstractmethod
+    def build_critic(self) -> nn.Module: ...
+
+    @abstractmethod
+    def generate(self, batch: Batch) -> dict[str, Any]:
+        """The model's outputs for a batch (``image`` among them)."""
+
+    @abstractmethod
+    def generator_loss(self, batch: Batch, outputs: dict[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    @abstractmethod
+    def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        logs = {name: float(value.detach()) for name, value in terms.items()}
+        assert isinstance(total, torch.Tensor)
+        return total, logs
+
+
+class AVFRObjective(Objective):
+    codec = "avfr"
+    default_weights = {"l1": 10.0, "perceptual": 1.0, "equivariance_value": 10.0, "equivariance_jacobian": 1.0,
+                       "adversarial": 0.1, "feature_matching": 1.0}  # fmt: skip
+    structure, flip, needs_audio = True, True, False
+    presets = {"tiny": AVFRConfig.tiny, "small": AVFRConfig.small, "paper": AVFRConfig}
+
+    def build_model(self, config: AVFRConfig) -> AVFRModel:
+        return AVFRModel(config)
+
+    def build_critic(self) -> nn.Module:
+        return MultiScaleDiscriminator(MultiScaleDiscriminatorConfig())
+
+    def generate(self, batch: Batch) -> dict[str, Any]:
+        return self.model(batch["source"], batch["source_mesh"], batch["source_mask"],
+                          batch["driving"], batch["driving_mesh"], batch["driving_mask"], batch["mel"])  # fmt: skip
+
+    def generator_loss(self, batch: Batch, outputs: dict[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        image, target = outputs["image"], batch["driving"]
+        terms = {"l1": (image - target).abs().mean()}
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(image, target)
+        tps = RandomTPS(image.shape[0], device=image.device)
+        value, jacobian = equivariance_losses(
+            self.model.keypoint_detector, target, batch["driving_mesh"], batch["driving_mask"], outputs["kp_driving"], tps
+        )
+        terms["equivariance_value"], terms["equivariance_jacobian"] = value, jacobian
+        if adversarial:
+            fake, real = self.critic(image), self.critic(target)
+            terms["adversarial"] = gan_generator_loss(fake)
+            terms["feature_matching"] = feature_matching_loss(real, fake)
+        return self._total(terms)
+
+    def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = gan_discriminator_loss(self.critic(batch["driving"]), self.critic(fake.detach()))
+        return loss, {"critic": float(loss.detach())}
+
+
+class APBObjective(Objective):
+    codec = "apb"
+    default_weights = {"geometry": 1.0, "l1": 100.0, "adversarial": 1.0, "perceptual": 1.0, "gradient_penalty": 10.0}
+    structure, flip, needs_audio = False, False, True
+    presets = {"tiny": APBConfig.tiny, "small": APBConfig.small, "paper": APBConfig}
+
+    def build_model(self, config: APBConfig) -> APBModel:
+        return APBModel(config)
+
+    def build_critic(self) -> nn.Module:
+        return PatchDiscriminator(PatchDiscriminatorConfig())
+
+    def generate(self, batch: Batch) -> dict[str, Any]:
+        return self.model(batch["source"], batch["mel"], batch["pose"], batch["blink"])
+
+    def generator_loss(self, batch: Batch, outputs: dict[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        image, target = outputs["image"], batch["driving"]
+        face = batch["face"].float()[:, None, None]  # (B,) -> (B, 1, 1): no landmark target without a face
+        geometry = ((outputs["landmarks"] - batch["landmarks"]).abs() * face).sum() / (face.sum() * batch["landmarks"][0].numel()).clamp(min=1)
+        terms = {"geometry": geometry, "l1": (image - target).abs().mean()}
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(image, target)
+        if adversarial:
+            terms["adversarial"] = wgan_generator_loss(self.critic(image))
+        return self._total(terms)
+
+    def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        fake = fake.detach()
+        wasserstein = wgan_critic_loss(self.critic(batch["driving"]), self.critic(fake))
+        penalty = gradient_penalty(self.critic, batch["driving"], fake)
+        loss = wasserstein + self.weights["gradient_penalty"] * penalty
+        return loss, {"critic": float(wasserstein.detach()), "gradient_penalty": float(penalty.detach())}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"avfr": AVFRObjective, "apb": APBObjective}

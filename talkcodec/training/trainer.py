@@ -1,0 +1,395 @@
+"""``talkcodec train``: cache -> pairs -> optimisation -> validation, samples, checkpoints, weights.
+
+A run folder holds ``run.json`` (the training config and the network config), ``checkpoint/``
+(resumable state in <= 15 MiB safetensors shards), ``weights.safetensors`` (fp16, what a codec
+loads: network + coding statistics + mel settings), ``history.jsonl`` (one line per epoch),
+``curve.png`` and ``samples/epoch-NNN.png`` (rows: source | driving | generated).
+Validation: ``tail`` = the held-out last part of each training clip (same person, later),
+``unseen`` = whole clips never trained on (new faces); PSNR/SSIM at the network's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..audio import MelSettings
+from ..device import resolve_device
+from ..errors import InputError, TalkcodecError, WeightsError
+from ..face import CROP_SIZE
+from ..quant import VectorCoding
+from ..weights import (
+    load_checkpoint,
+    load_module,
+    load_optimizer,
+    module_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+    save_weights,
+)
+from .cache import CacheSettings, build_cache
+from .data import Augment, ClipFrames, PairDataset, Split, load_clips, split_ranges, validation_pairs
+from .objectives import OBJECTIVES, Objective
+
+
+@dataclass
+class TrainConfig:
+    codec: str = "apb"
+    model: str = "small"  # network preset: tiny | small | paper
+    batch_size: int = 8
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    losses: dict[str, float] = field(default_factory=dict)  # loss weights overriding the objective's defaults
+    gan_start: int = 0  # optimisation step at which the adversarial terms switch on
+    lookahead_s: float = 0.1  # audio after the frame in its mel window (latency at the receiver)
+    held_out: tuple[str, ...] = Split().held_out
+    tail: float = Split().tail
+    augment: bool = True
+    val_per_clip: int = 3
+    seed: int = 0
+    workers: int = -1  # data-loading processes; -1: 0 on CPU, 8 on CUDA
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    max_seconds_per_clip: float | None = None  # cache only the start of each clip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise TalkcodecError(f"unknown training setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+
+def _mel(config: TrainConfig, model_config: Any) -> MelSettings:
+    steps = model_config.audio.steps if hasattr(model_config, "audio") else model_config.fuser.steps
+    return MelSettings(window_s=round(steps * MelSettings().hop_s, 6), lookahead_s=config.lookahead_s)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-10)
+    return 10 * torch.log10(1 / mse)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: str | Path, data: list[str | Path] | None, cache_dir: str | Path | None,
+                 device: str = "auto", progress: bool = True, model_config: Any = None):  # fmt: skip
+        if config.codec not in OBJECTIVES:
+            raise TalkcodecError(f"cannot train {config.codec!r}; trainable codecs: {', '.join(OBJECTIVES)}")
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.device = resolve_device(device)
+        kind = OBJECTIVES[config.codec]
+        try:
+            model_config = model_config or kind.preset(config.model)
+            self.objective: Objective = kind(model_config, config.losses)
+        except ValueError as exc:
+            raise TalkcodecError(str(exc)) from None
+        self.model_config = model_config
+        self.mel = _mel(config, model_config)
+        self.size: int = model_config.size
+        cache = Path(cache_dir) if cache_dir else self.run_dir / "cache"
+        self.cache_dir = cache.resolve()
+        if data:
+            build_cache(list(data), cache, CacheSettings(max_seconds=config.max_seconds_per_clip), progress)
+        clips = load_clips(cache)
+        if kind.needs_audio:
+            clips = [c for c in clips if c.has_audio]
+            if not clips:
+                raise InputError(f"{config.codec} trains on clips with audio; none in {cache}")
+        self.clips: list[ClipFrames] = clips
+        split = Split(tuple(config.held_out), config.tail)
+        train_ranges, _, _ = split_ranges(clips, split)
+        augment = Augment(flip=kind.flip) if config.augment else None
+        self.train_set = PairDataset(clips, self.size, self.mel, ranges=train_ranges, length=config.steps_per_epoch * config.batch_size,
+                                     augment=augment, structure=kind.structure, seed=config.seed)  # fmt: skip
+        self.val_sets = {
+            name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure)
+            for name, pairs in validation_pairs(clips, split, config.val_per_clip).items() if pairs
+        }  # fmt: skip
+        self.model, self.critic = self.objective.model.to(self.device), self.objective.critic.to(self.device)
+        if self.objective.perceptual is not None:
+            self.objective.perceptual.to(self.device)
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _run_info(self) -> dict[str, Any]:
+        return {"train": dataclasses.asdict(self.config), "model": self.model_config.to_dict(),
+                "mel": dataclasses.asdict(self.mel), "cache": str(self.cache_dir)}  # fmt: skip
+
+    def save(self) -> None:
+        tensors = {**module_tensors(self.model, "model."), **module_tensors(self.critic, "critic.")}
+        g, g_meta = optimizer_tensors(self.opt_g, "opt_g")
+        d, d_meta = optimizer_tensors(self.opt_d, "opt_d")
+        save_checkpoint(self.run_dir / "checkpoint", {**tensors, **g, **d}, {
+            **self._run_info(), "step": self.step, "train_seconds": self.train_seconds,
+            "opt_g": g_meta, "opt_d": d_meta, "history": self.history,
+        })  # fmt: skip
+        self.export(self.run_dir / "weights.safetensors")
+
+    def resume(self) -> None:
+        tensors, info = load_checkpoint(self.run_dir / "checkpoint")
+        if info.get("model") != json.loads(json.dumps(self.model_config.to_dict())) or info.get("train", {}).get("codec") != self.config.codec:
+            raise WeightsError(f"{self.run_dir}: the checkpoint was made for another codec or network config")
+        source = str(self.run_dir / "checkpoint")
+        load_module(self.model, tensors, source, "model.")
+        load_module(self.critic, tensors, source, "critic.")
+        load_optimizer(self.opt_g, tensors, info["opt_g"], "opt_g")
+        load_optimizer(self.opt_d, tensors, info["opt_d"], "opt_d")
+        self.step, self.history = int(info["step"]), list(info.get("history", []))
+        self.train_seconds = float(info.get("train_seconds", 0.0))
+
+    def coding(self) -> VectorCoding:
+        """Quantization steps and entropy-coder scales of the vector the codec sends, fitted
+        on the training frames (consecutive runs of each clip)."""
+        from ..codecs import apb, avfr
+
+        tracks: list[np.ndarray] = []
+        train_ranges, _, _ = split_ranges(self.clips, Split(tuple(self.config.held_out), self.config.tail))
+        if self.config.codec == "apb":
+            for c, a, b in train_ranges:
+                clip = self.clips[c]
+                tracks.append(np.stack([apb.pose_blink_vector(clip.pose[i], clip.blink[i]) for i in range(a, b) if clip.face[i]]))
+            return VectorCoding.fit(tracks, apb.CODING_STEP)
+        plain = PairDataset(self.clips, self.size, self.mel, pairs=[], structure=True)
+        self.model.eval()
+        with torch.inference_mode():
+            for c, a, b in train_ranges:
+                frames = [i for i in range(a, min(b, a + 100))]  # 4 s of each clip is plenty
+                vectors = []
+                for i in frames:
+                    s = plain.frame(c, i)
+                    kp = self.model.keypoints(s["image"][None].to(self.device), s["mesh"][None].to(self.device), s["mask"][None].to(self.device))
+                    vectors.append(avfr.keypoint_vector(kp))
+                tracks.append(np.stack(vectors))
+        self.model.train()
+        num_kp = self.model_config.num_kp
+        return VectorCoding.fit(tracks, avfr.coding_step(num_kp))
+
+    def export(self, path: Path) -> None:
+        last = self.history[-1] if self.history else {}
+        export_weights(path, self.config.codec, self.model, self.coding(), self.mel, info={
+            "step": self.step, "validation": last.get("validation"),
+            "trained_on": sorted({c.name for c in self.clips} - set(self.config.held_out)),
+            "held_out": list(self.config.held_out), "train_seconds": round(self.train_seconds),
+        })  # fmt: skip
+
+    # -- validation --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict[str, dict[str, float]]:
+        from pytorch_msssim import ssim
+
+        from ..bench.quality import landmark_distance, landmarks
+
+        self.model.eval()
+        results: dict[str, dict[str, float]] = {}
+        grids = []
+        for name, dataset in self.val_sets.items():
+            loader = torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size)
+            l1, psnr, ssims, images, targets, sources = [], [], [], [], [], []
+            for batch in loader:
+                batch = _to(batch, self.device)
+                with self._autocast():
+                    out = self.objective.generate(batch)["image"].float()
+                l1.append((out - batch["driving"]).abs().mean(dim=(1, 2, 3)))
+                psnr.append(_psnr(out.clamp(0, 1), batch["driving"]))
+                ssims.append(ssim(out.clamp(0, 1), batch["driving"], data_range=1.0, size_average=False))
+                images.append(out.clamp(0, 1).cpu())
+                targets.append(batch["driving"].cpu())
+                sources.append(batch["source"].cpu())
+            generated = _uint8(torch.cat(images), CROP_SIZE)
+            truth = np.stack([self.clips[c].landmarks[d] for c, _, d in dataset.pairs])  # (N, 478, 2) crop px
+            distance = landmark_distance(truth, landmarks(generated))
+            found = np.isfinite(distance)
+            results[name] = {
+                "l1": float(torch.cat(l1).mean()), "psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssims).mean()),
+                "landmark": float(distance[found].mean()) if found.any() else float("nan"),
+                "landmark_missing": float(1 - found.mean()), "pairs": len(found),
+            }  # fmt: skip
+            rows = min(6, len(generated))
+            grids.append(_grid(name, torch.cat(sources)[:rows], torch.cat(targets)[:rows], torch.cat(images)[:rows]))
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        if grids:
+            cv2.imwrite(str(self.run_dir / "samples" / f"epoch-{epoch:03d}.png"), np.concatenate(grids)[:, :, ::-1])
+        self.model.train()
+        return results
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        adversarial = self.step >= self.config.gan_start and self.objective.weights.get("adversarial", 0) > 0
+        with self._autocast():
+            outputs = self.objective.generate(batch)
+            loss, logs = self.objective.generator_loss(batch, outputs, adversarial)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        if adversarial:
+            with self._autocast():
+                critic_loss, critic_logs = self.objective.critic_loss(batch, outputs["image"].float())
+            self.opt_d.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.opt_d.step()
+            logs.update(critic_logs)
+        if not math.isfinite(float(loss.detach())):
+            raise TalkcodecError(f"training diverged at step {self.step} (loss {float(loss.detach())}); lower --set lr=...")
+        self.step += 1
+        return {"loss": float(loss.detach()), **logs}
+
+    def fit(self, minutes: float | None = None) -> dict[str, Any]:
+        """Train to ``config.epochs`` (or until ``minutes`` pass), validating and checkpointing every epoch."""
+        config = self.config
+        if not self.history:  # the untrained model's figures: the baseline the curve starts from
+            self.history.append({"epoch": 0, "step": 0, "train": {}, "validation": self.validate(0), "seconds": 0.0})
+            self._write_history()
+        workers = config.workers if config.workers >= 0 else (8 if self.device.type == "cuda" else 0)
+        deadline = time.monotonic() + minutes * 60 if minutes else None
+        self.model.train()
+        while self.step < config.epochs * config.steps_per_epoch:
+            epoch = self.step // config.steps_per_epoch + 1
+            self.train_set.set_epoch(epoch)
+            skip = self.step - (epoch - 1) * config.steps_per_epoch  # resuming mid-epoch
+            indices = range(skip * config.batch_size, len(self.train_set))
+            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.train_set, indices), batch_size=config.batch_size,
+                                                 num_workers=workers, drop_last=True, persistent_workers=False)  # fmt: skip
+            sums: dict[str, float] = {}
+            count = 0
+            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not self.progress, leave=False)
+            tick = time.monotonic()
+            stopped = False
+            for batch in bar:
+                logs = self.train_step(_to(batch, self.device))
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", l1=f"{logs.get('l1', 0):.4f}")
+                if deadline is not None and time.monotonic() > deadline:
+                    stopped = True
+                    break
+            bar.close()
+            self.train_seconds += time.monotonic() - tick
+            if stopped and self.step % config.steps_per_epoch:
+                self.save()  # mid-epoch: resumable, validated at the epoch's end
+                break
+            validation = self.validate(epoch)
+            self.history.append({"epoch": epoch, "step": self.step, "train": {k: v / max(count, 1) for k, v in sums.items()},
+                                 "validation": validation, "seconds": round(self.train_seconds, 1)})  # fmt: skip
+            self._write_history()
+            self.save()
+            if self.progress:
+                figures = "  ".join(f"{n}: L1 {v['l1']:.4f} PSNR {v['psnr']:.2f} SSIM {v['ssim']:.3f} lmk {v['landmark']:.3f}"
+                                    for n, v in validation.items())  # fmt: skip
+                tqdm.write(f"epoch {epoch} (step {self.step}): {figures}")
+            if stopped:
+                break
+        return self.history[-1]
+
+    def _write_history(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "run.json").write_text(json.dumps(self._run_info(), indent=1))
+        with open(self.run_dir / "history.jsonl", "w") as f:
+            for entry in self.history:
+                f.write(json.dumps(entry) + "\n")
+        _plot(self.history, self.run_dir / "curve.png", self.config.codec)
+
+
+def export_weights(path: str | Path, codec: str, model: torch.nn.Module, coding: VectorCoding, mel: MelSettings,
+                   info: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """What a codec loads: fp16 network (``model.*``), coding statistics (``coding.*``), mel settings."""
+    tensors = {**module_tensors(model, "model."), **{k: torch.from_numpy(v) for k, v in coding.to_arrays().items()}}
+    return save_weights(path, codec, model.config.to_dict(), tensors, info={"mel": dataclasses.asdict(mel), **(info or {})})
+
+
+def _uint8(images: torch.Tensor, size: int) -> np.ndarray:
+    """(N, 3, s, s) in [0, 1] -> (N, size, size, 3) uint8."""
+    out = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (N, 3, s, s) -> (N, s, s, 3)
+    if out.shape[1] != size:
+        out = np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_CUBIC) for x in out])
+    return out
+
+
+def _grid(title: str, sources: torch.Tensor, drivings: torch.Tensor, generated: torch.Tensor) -> np.ndarray:
+    """Rows of source | driving | generated, under a title strip."""
+    rows = [np.concatenate(list(_uint8(torch.stack([s, d, g]), 128)), axis=1) for s, d, g in zip(sources, drivings, generated)]
+    body = np.concatenate(rows)
+    strip = np.full((24, body.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, f"{title}: source | driving | generated", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, body])
+
+
+def _plot(history: list[dict[str, Any]], path: Path, codec: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    steps = [h["step"] for h in history]
+    for name in history[0]["validation"]:
+        ax.plot(steps, [h["validation"][name]["l1"] for h in history], marker="o", label=f"validation L1 ({name})")
+    trained = [h for h in history if h["train"].get("l1") is not None]
+    if trained:
+        ax.plot([h["step"] for h in trained], [h["train"]["l1"] for h in trained], marker=".", label="training L1")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1 (images in [0, 1])")
+    ax.set_title(f"{codec} training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(run_dir: str | Path, settings: dict[str, Any], data: list[str | Path] | None = None,
+          cache_dir: str | Path | None = None, resume: bool = False, minutes: float | None = None,
+          device: str = "auto", progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train a new run from ``settings`` (TrainConfig fields), or resume one (``settings`` then
+    override what the run saved, e.g. more epochs); returns the last history entry."""
+    run_dir = Path(run_dir)
+    has_checkpoint = (run_dir / "checkpoint" / "checkpoint.json").exists()
+    if not resume:
+        if has_checkpoint:
+            raise TalkcodecError(f"{run_dir} already holds a training run: add --resume to continue it, or pick another --out")
+        return Trainer(TrainConfig.from_dict(settings), run_dir, data, cache_dir, device, progress).fit(minutes)
+    try:
+        saved = json.loads((run_dir / "run.json").read_text())
+        codec = saved["train"]["codec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TalkcodecError(f"{run_dir}: nothing to resume (no readable run.json)") from None
+    if settings.get("codec", codec) != codec or "model" in settings and settings["model"] != saved["train"]["model"]:
+        raise TalkcodecError(f"{run_dir} trains {codec} ({saved['train']['model']}); its codec and model cannot change")
+    config = TrainConfig.from_dict({**saved["train"], **settings})
+    kind = OBJECTIVES[codec]
+    try:
+        model_config = type(kind.preset("tiny")).from_dict(saved["model"])
+    except ValueError as exc:
+        raise TalkcodecError(f"{run_dir}/run.json: {exc}") from None
+    trainer = Trainer(config, run_dir, data, cache_dir or saved.get("cache"), device, progress, model_config)
+    if has_checkpoint:
+        trainer.resume()
+    return trainer.fit(minutes)

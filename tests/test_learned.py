@@ -1,0 +1,173 @@
+"""The learned codecs' plumbing with tiny random networks: weights files, coding, packets."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import talkcodec
+from talkcodec.audio import MelSettings
+from talkcodec.errors import PacketError, WeightsError
+from talkcodec.models.apb import APBConfig, APBModel
+from talkcodec.models.avfr import AVFRConfig, AVFRModel
+from talkcodec.packet import Packet, PacketKind
+from talkcodec.quant import MAX_KEY_DISTANCE, VectorCoding, VectorStream
+from talkcodec.training.trainer import export_weights
+from talkcodec.video import read_frames
+from talkcodec.weights import load_checkpoint, load_module, load_weights, save_checkpoint, save_weights
+
+FRAMES = 30
+
+
+def _tiny_weights(codec: str, path, seed: int = 0):
+    from talkcodec.codecs import apb, avfr
+
+    torch.manual_seed(seed)
+    if codec == "avfr":
+        model = AVFRModel(AVFRConfig.tiny())
+        step = avfr.coding_step(model.config.num_kp)
+    else:
+        model = APBModel(APBConfig.tiny())
+        step = apb.CODING_STEP
+    rng = np.random.default_rng(seed)
+    tracks = [np.cumsum(rng.normal(0, 0.01, (50, len(step))), axis=0) * step / step.min()]
+    return export_weights(path, codec, model, VectorCoding.fit(tracks, step), MelSettings())
+
+
+@pytest.fixture(scope="module", params=["avfr", "apb"])
+def learned(request, tmp_path_factory, sample_video):
+    """(codec name, weights path, wire bytes per frame) of the sample through a tiny random model."""
+    name = request.param
+    path = _tiny_weights(name, tmp_path_factory.mktemp(name) / "weights.safetensors")
+    encoder = talkcodec.get_codec(name, weights=str(path)).encoder(fps=25)
+    wires = [[p.to_bytes() for p in encoder.encode(f)] for f in read_frames(sample_video, fps=25, max_seconds=FRAMES / 25)]
+    encoder.close()
+    return name, path, wires
+
+
+def test_without_weights_the_codec_says_how_to_get_them():
+    for name in ("avfr", "apb"):
+        with pytest.raises(WeightsError, match=f"talkcodec train --codec {name}"):
+            talkcodec.get_codec(name)
+
+
+def test_encode_packets_decode_roundtrip(learned, sample_video):
+    name, path, wires = learned
+    decoder = talkcodec.get_codec(name, weights=str(path)).decoder()
+    assert decoder.uses_audio
+    from talkcodec.audio import load_audio
+
+    decoder.push_audio(load_audio(sample_video, 16000, max_seconds=2), 16000)
+    frames = []
+    for group in wires:
+        for wire in group:
+            frames += decoder.decode(Packet.from_bytes(wire))
+    assert [f.seq for f in frames] == list(range(FRAMES))
+    assert all(f.image.shape == (256, 256, 3) and f.image.dtype == np.uint8 and not f.concealed for f in frames)
+    assert len({f.image.tobytes() for f in frames}) > FRAMES // 2  # frames follow the motion, not a held image
+    frame_bytes = sum(len(w) for g in wires for w in g if Packet.from_bytes(w).kind == PacketKind.FRAME)
+    kbps = frame_bytes * 8 / 1000 / (FRAMES / 25)
+    assert kbps < {"avfr": 12, "apb": 3}[name]  # random-network keypoints; trained ones code tighter
+
+
+def test_stream_from_other_weights_is_refused(learned, tmp_path):
+    name, _, wires = learned
+    other = _tiny_weights(name, tmp_path / "other.safetensors", seed=1)
+    decoder = talkcodec.get_codec(name, weights=str(other)).decoder()
+    with pytest.raises(WeightsError, match="decode it with the sender's weights"):
+        decoder.decode(Packet.from_bytes(wires[0][0]))
+
+
+def test_lost_and_corrupted_packets_never_crash(learned):
+    name, path, wires = learned
+    decoder = talkcodec.get_codec(name, weights=str(path)).decoder()
+    rng = np.random.default_rng(0)
+    shown = 0
+    for seq, group in enumerate(wires):
+        for wire in group:
+            packet = Packet.from_bytes(wire)
+            if packet.kind == PacketKind.FRAME and seq % 3 == 1:
+                packet = None  # lost
+            elif packet.kind == PacketKind.FRAME and seq % 3 == 2 and packet.payload:
+                packet = Packet(packet.codec_id, PacketKind.FRAME, packet.seq, rng.bytes(len(packet.payload)),
+                                packet.key, packet.key_distance, packet.ref_id, packet.fps)  # fmt: skip
+            try:
+                shown += len(decoder.decode(packet))
+            except PacketError:
+                pass
+    assert shown >= 2 * FRAMES // 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "no_metadata", "huge_header", "wrong_codec", "bad_shape"])
+def test_broken_weights_are_a_clear_error(tmp_path, damage):
+    good = _tiny_weights("apb", tmp_path / "good.safetensors")
+    path = tmp_path / "bad.safetensors"
+    data = good.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif damage == "no_metadata":
+        save_weights(path, "apb", {}, {"x": torch.zeros(2)})
+        raw = bytearray(path.read_bytes())
+        path.write_bytes(raw.replace(b'"talkcodec"', b'"tlkcodecxx"'))
+    elif damage == "huge_header":
+        path.write_bytes((1 << 40).to_bytes(8, "little") + data[8:])
+    elif damage == "wrong_codec":
+        path = _tiny_weights("avfr", path)
+    elif damage == "bad_shape":
+        w = load_weights(good)
+        tensors = dict(w.tensors)
+        name = next(k for k in tensors if k.startswith("model.") and tensors[k].ndim == 4)
+        tensors[name] = torch.zeros(1, 1, 1, 1)
+        save_weights(path, "apb", w.config, tensors, info=w.info)
+    with pytest.raises(WeightsError):
+        codec = talkcodec.get_codec("apb", weights=str(path))
+        codec.decoder()
+        codec.network  # noqa: B018 (the network loads lazily)
+
+
+def test_weights_keep_coding_exact_and_networks_fp16(tmp_path):
+    path = _tiny_weights("avfr", tmp_path / "w.safetensors")
+    w = load_weights(path, "avfr")
+    assert w.tensors["coding.step"].dtype == torch.float32
+    assert all(t.dtype == torch.float16 for k, t in w.tensors.items() if k.startswith("model.") and t.is_floating_point())
+    model = AVFRModel(AVFRConfig.from_dict(w.config))
+    load_module(model, w.tensors, str(path), "model.")
+    assert json.loads(json.dumps(w.config)) == json.loads(json.dumps(AVFRConfig.tiny().to_dict()))
+
+
+def test_checkpoint_shards_roundtrip(tmp_path, monkeypatch):
+    import talkcodec.weights as weights
+
+    monkeypatch.setattr(weights, "SHARD_BYTES", 1000)
+    tensors = {f"t{i}": torch.randn(100 + i) for i in range(5)}  # 400+ bytes each: several shards
+    save_checkpoint(tmp_path, tensors, {"step": 7})
+    assert len(list(tmp_path.glob("shard-*.safetensors"))) >= 3
+    loaded, info = load_checkpoint(tmp_path)
+    assert info["step"] == 7 and all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    (tmp_path / "checkpoint.json").write_text(json.dumps({**info, "shards": ["../../etc/passwd"]}))
+    with pytest.raises(WeightsError):
+        load_checkpoint(tmp_path)
+
+
+def test_vector_coding_roundtrip_and_validation():
+    rng = np.random.default_rng(0)
+    step = np.array([0.5, 0.5, 0.01])
+    track = np.cumsum(rng.normal(0, [1, 1, 0.02], (200, 3)), axis=0)
+    coding = VectorCoding.fit([track], step)
+    assert coding.delta_scale.shape == (MAX_KEY_DISTANCE, 3)
+    assert coding.delta_scale[20].mean() > coding.delta_scale[0].mean()  # farther from the key, wider
+    stream = VectorStream(coding)
+    key = stream.quantizer.quantize(track[0])
+    assert np.array_equal(stream.decode_key(stream.encode_key(key)), key)
+    for d in (1, 5, 80):
+        symbols = stream.quantizer.quantize(track[min(d, 199)])
+        assert np.array_equal(stream.decode_delta(stream.encode_delta(symbols, key, d), key, d), symbols)
+    arrays = coding.to_arrays()
+    assert np.allclose(VectorCoding.from_arrays(arrays).step, step)
+    for broken in ({**arrays, "coding.step": -arrays["coding.step"]}, {k: v for k, v in arrays.items() if "key_scale" not in k},
+                   {**arrays, "coding.delta_scale": arrays["coding.delta_scale"][:3]}):  # fmt: skip
+        with pytest.raises(ValueError):
+            VectorCoding.from_arrays(broken)
