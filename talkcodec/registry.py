@@ -50,6 +50,14 @@ def list_codecs() -> list[str]:
     return sorted(_MODULES)
 
 
+def import_codecs() -> None:
+    """Import every codec's module now (no weights are loaded): for callers that must not
+    stall on a first import later, like a call's receiver."""
+    for name, module in _MODULES.items():
+        if name not in _CODECS:
+            importlib.import_module(module)
+
+
 def get_codec(name: str, **settings: Any) -> Codec:
     """Build a codec by name; ``settings`` are the fields of that codec's settings dataclass."""
     if name not in _MODULES:

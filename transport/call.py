@@ -62,7 +62,7 @@ class Peer:
             else None
         )
         self.receiver = FaceReceiver(self.stats, options.playout_delay, options.vanish_after, options.record,
-                                     options.show, options.virtual_camera)  # fmt: skip
+                                     options.show, options.virtual_camera, options.settings)  # fmt: skip
         self.channels: dict[str, Any] = {}
         self._open = asyncio.Event()
         self._tasks: list[asyncio.Task] = []

@@ -31,7 +31,7 @@ import numpy as np
 from talkcodec.audio import OPUS_RATE
 from talkcodec.errors import PacketError
 from talkcodec.packet import Packet, PacketKind
-from talkcodec.registry import get_codec, list_codecs
+from talkcodec.registry import get_codec, import_codecs
 from talkcodec.video import Mp4Writer, read_frames
 
 from .jitter import JitterBuffer
@@ -177,11 +177,12 @@ class FaceSender:
 
 class FaceReceiver:
     def __init__(self, stats: CallStats | None = None, playout_delay: float = 0.12, vanish_after: float = 5.0,
-                 record: str | Path | None = None, show: bool = False, virtual_camera: bool = False):  # fmt: skip
+                 record: str | Path | None = None, show: bool = False, virtual_camera: bool = False,
+                 settings: dict | None = None):  # fmt: skip
         self.stats = stats or CallStats()
         self.playout_delay, self.vanish_after = playout_delay, vanish_after
-        for name in list_codecs():  # import every decoder now: a first import mid-call would stall the event loop
-            get_codec(name)
+        self.settings = {k: v for k, v in (settings or {}).items() if k in ("weights", "device")}  # receiver-side settings
+        import_codecs()  # a first import mid-call would stall the event loop
         self.jitter = JitterBuffer()
         self.track = RegeneratedTrack()
         self.record, self.show, self.virtual_camera = record, show, virtual_camera
@@ -195,6 +196,7 @@ class FaceReceiver:
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (seq, local time) of the first frame packet
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
+        self._audio_fed: int | None = None  # samples given to an audio-driven decoder
         self._record_start = 0  # seq of the first recorded frame
         self.shown: deque[tuple[int, bool]] = deque(maxlen=100_000)  # (seq, concealed) of recent frames
         self.reason = ""
@@ -232,7 +234,9 @@ class FaceReceiver:
         except PacketError:
             return None  # a damaged packet is a lost packet
         if self._decoder is None:
-            self._decoder = get_codec(packet.codec).decoder()
+            self._decoder = get_codec(packet.codec, **(self.settings if packet.codec != "mesh" else {})).decoder()
+            # an audio-driven decoder draws a frame once lookahead_s of audio after it has arrived
+            self.playout_delay = max(self.playout_delay, self._decoder.lookahead_s + 0.08)
         if packet.kind == PacketKind.FRAME:
             self.stats.total.frame_packets_received += 1
             self.stats.total.frame_bytes_received += len(data)
@@ -266,8 +270,23 @@ class FaceReceiver:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            samples = mono(frame)
             if self.record:  # only a recording needs the samples kept
-                self._audio_chunks.append((time.time(), mono(frame)))
+                self._audio_chunks.append((time.time(), samples))
+            if self._decoder is not None and self._decoder.uses_audio and self._first_arrival is not None:
+                self._pool.submit(self._feed_audio, samples, time.time())  # on the decode thread, in order
+
+    def _feed_audio(self, samples: np.ndarray, arrived: float) -> None:
+        """Give an audio-driven decoder the call's audio on the frames' timeline: the first chunk
+        is placed by its arrival relative to frame 0's (the sender paces both on one clock)."""
+        if self._audio_fed is None:
+            first_seq, first_time = self._first_arrival  # type: ignore[misc]
+            start = arrived - len(samples) / OPUS_RATE - (first_time - first_seq / self._fps)  # stream time of this chunk
+            lead = int(round(start * OPUS_RATE))
+            samples = np.concatenate([np.zeros(max(lead, 0), np.float32), samples[max(-lead, 0) :]])
+            self._audio_fed = 0
+        self._decoder.push_audio(samples, OPUS_RATE)
+        self._audio_fed += len(samples)
 
     # -- playout ---------------------------------------------------------------------------
     async def run(self, send_control: Callable[[str], None], connected: Callable[[], bool]) -> str:

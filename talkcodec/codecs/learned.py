@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..api import Codec, Decoder, Encoder, Frame
+from ..api import Codec, Encoder
 from ..audio import AudioTimeline, MelSettings
 from ..device import resolve_device
 from ..errors import PacketError, TalkcodecError, WeightsError
@@ -31,6 +31,7 @@ from ..face import CROP_SIZE, CropSettings, FaceObservation, FaceTracker
 from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
 from ..quant import VectorCoding, VectorStream
 from ..weights import Weights, load_weights
+from .stream import FramePacketizer, StreamDecoder, StreamReference
 
 
 @dataclass(frozen=True)
@@ -143,16 +144,16 @@ class LearnedCodec(Codec):
 
 class LearnedEncoder(Encoder):
     def __init__(self, codec: LearnedCodec, fps: Fraction):
-        self.codec, self.settings, self.fps = codec, codec.settings, fps
+        self.codec, self.settings = codec, codec.settings
         self.tracker = FaceTracker(CropSettings(track=self.settings.crop), segmentation=codec.segmentation)
+        self.packets = FramePacketizer(codec.codec_id, self.settings.key_interval, fps)
         self.last_observation: FaceObservation | None = None
-        self._seq, self._ref_id, self._key_seq = 0, -1, -1
+        self._seq, self._ref_id = 0, -1
         self._ref_pose: np.ndarray | None = None
-        self._key_symbols: np.ndarray | None = None
-        self._want_key = self._want_reference = False
+        self._want_reference = False
 
     def request_key(self) -> None:
-        self._want_key = True
+        self.packets.want_key = True
 
     def request_reference(self) -> None:
         self._want_reference = True
@@ -173,7 +174,6 @@ class LearnedEncoder(Encoder):
         observation = self.tracker.process(frame)
         self.last_observation = observation
         vector = None if observation.landmarks is None else self.codec.vector(observation)
-        symbols = None if vector is None else self.codec.stream.quantizer.quantize(vector)
         turned = (
             observation.pose is not None and self._ref_pose is not None
             and np.abs(observation.pose - self._ref_pose).max() > self.settings.refresh_degrees
@@ -182,16 +182,10 @@ class LearnedEncoder(Encoder):
         packets: list[Packet] = []
         if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
             packets.append(self._reference_packet(observation, vector))
-            self._want_reference, self._want_key = False, True
-        distance = self._seq - self._key_seq
-        stream, codec_id = self.codec.stream, self.codec.codec_id
-        if self._want_key or self._key_symbols is None or distance >= self.settings.key_interval:
-            payload = b"" if symbols is None else stream.encode_key(symbols)
-            packets.append(Packet(codec_id, PacketKind.FRAME, self._seq, payload, key=True, ref_id=self._ref_id, fps=self.fps))
-            self._key_seq, self._key_symbols, self._want_key = self._seq, symbols, False
-        else:
-            payload = b"" if symbols is None else stream.encode_delta(symbols, self._key_symbols, distance)
-            packets.append(Packet(codec_id, PacketKind.FRAME, self._seq, payload, key_distance=distance))
+            self._want_reference, self.packets.want_key = False, True
+        stream = self.codec.stream
+        symbols = None if vector is None else stream.quantizer.quantize(vector)
+        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, stream))
         self._seq += 1
         return packets
 
@@ -200,115 +194,50 @@ class LearnedEncoder(Encoder):
 
 
 @dataclass
-class _Reference:
-    image: np.ndarray  # (256, 256, 3) uint8 as received
-    state: Any  # the codec's prepared features; None when the reference has no face (hold only)
-    stream: VectorStream
+class _Reference(StreamReference):
+    state: Any = None  # the codec's prepared features (None without a face)
 
 
-class LearnedDecoder(Decoder):
+class LearnedDecoder(StreamDecoder):
     uses_audio = True
 
     def __init__(self, codec: LearnedCodec, reference: np.ndarray | None = None):
-        self.codec = codec
+        super().__init__(codec, reference)
+        self.learned = codec
         self.audio = AudioTimeline(codec.mel)
         self.lookahead_s = codec.mel.lookahead_s
-        self._references: dict[int, _Reference] = {}
         self._streams: dict[float, VectorStream] = {}
-        self._ref: _Reference | None = None
-        self._key_seq = -1
-        self._key_symbols: np.ndarray | None = None
-        self._fps = Fraction(25)
-        self._last: Frame | None = None
-        self._initial = reference
-        self._needs_key = self._needs_reference = False
-
-    @property
-    def needs_key(self) -> bool:
-        return self._needs_key
-
-    @property
-    def needs_reference(self) -> bool:
-        return self._needs_reference
 
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> None:
         self.audio.push(samples, sample_rate)
 
     def _stream(self, precision: float) -> VectorStream:
         if precision not in self._streams:
-            self._streams[precision] = VectorStream(self.codec.coding.scaled(precision))
+            self._streams[precision] = VectorStream(self.learned.coding.scaled(precision))
         return self._streams[precision]
 
-    def _add_reference(self, packet: Packet) -> None:
+    def read_reference(self, packet: Packet) -> _Reference:
+        codec = self.learned
         meta = unpack(packet.payload)
         if not isinstance(meta, dict) or not isinstance(meta.get("image"), bytes):
-            raise PacketError(f"{self.codec.name} reference packet without an image")
-        if meta.get("model") != self.codec.weights.fingerprint:
+            raise PacketError(f"{codec.name} reference packet without an image")
+        if meta.get("model") != codec.weights.fingerprint:
             raise WeightsError(
-                f"this stream was made with {self.codec.name} weights {meta.get('model')!r}, but this decoder has "
-                f"{self.codec.weights.fingerprint!r} ({self.codec.weights.path}); decode it with the sender's weights"
+                f"this stream was made with {codec.name} weights {meta.get('model')!r}, but this decoder has "
+                f"{codec.weights.fingerprint!r} ({codec.weights.path}); decode it with the sender's weights"
             )
         precision = meta.get("precision")
         if not isinstance(precision, float | int) or not 0.05 <= precision <= 100:
-            raise PacketError(f"{self.codec.name} reference packet with invalid precision")
+            raise PacketError(f"{codec.name} reference packet with invalid precision")
         image = decode_image(meta["image"])
         if image.shape != (CROP_SIZE, CROP_SIZE, 3):
             image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
-        state = self.codec.prepare(image, meta) if meta.get("face") else None
-        self._references[packet.ref_id] = _Reference(image, state, self._stream(float(precision)))
-        if len(self._references) > 4:  # keep the few most recent
-            del self._references[next(iter(self._references))]
+        if not meta.get("face"):
+            return _Reference(image, None)
+        return _Reference(image, self._stream(float(precision)), codec.prepare(image, meta))
 
-    def _render(self, symbols: np.ndarray, seq: int) -> np.ndarray:
-        assert self._ref is not None
-        vector = self._ref.stream.quantizer.dequantize(symbols)
+    def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
+        assert isinstance(reference, _Reference) and reference.stream is not None
+        vector = reference.stream.quantizer.dequantize(symbols)
         with torch.inference_mode():
-            return self.codec.render(self._ref.state, vector, self.audio.window(float(seq / self._fps)))
-
-    def _emit(self, image: np.ndarray | None, seq: int, concealed: bool) -> list[Frame]:
-        if image is None:
-            for candidate in (self._last.image if self._last else None, self._ref.image if self._ref else None, self._initial):
-                if candidate is not None:
-                    image = candidate
-                    break
-            else:
-                return []  # nothing to show yet
-        frame = Frame(image, seq, float(seq / self._fps), concealed)
-        self._last = frame
-        return [frame]
-
-    def decode(self, packet: Packet | None) -> list[Frame]:
-        if packet is None:
-            return self._emit(None, self._last.seq + 1 if self._last else 0, True)
-        if packet.codec_id != self.codec.codec_id:
-            raise PacketError(f"a {packet.codec} packet given to the {self.codec.name} decoder")
-        if packet.kind == PacketKind.REFERENCE:
-            self._add_reference(packet)
-            return []
-        if packet.kind != PacketKind.FRAME:
-            return []
-        if packet.key:
-            self._fps = packet.fps or self._fps
-            self._ref = self._references.get(packet.ref_id)
-            self._key_seq, self._key_symbols = packet.seq, None
-            self._needs_reference = self._ref is None
-            if self._ref is None:
-                self._needs_key = True  # the reference was lost: the sender must resend it
-                return self._emit(None, packet.seq, True)
-            if not packet.payload or self._ref.state is None:
-                self._needs_key = False
-                return self._emit(None, packet.seq, False)  # no face: hold
-            try:
-                self._key_symbols = self._ref.stream.decode_key(packet.payload)
-            except PacketError:
-                self._needs_key = True  # a corrupt key: its deltas cannot decode either
-                raise
-            self._needs_key = False
-            return self._emit(self._render(self._key_symbols, packet.seq), packet.seq, False)
-        if packet.key_seq != self._key_seq or self._ref is None:
-            self._needs_key = True  # its key never arrived
-            return self._emit(None, packet.seq, True)
-        if not packet.payload or self._key_symbols is None or self._ref.state is None:
-            return self._emit(None, packet.seq, False)
-        symbols = self._ref.stream.decode_delta(packet.payload, self._key_symbols, packet.key_distance)
-        return self._emit(self._render(symbols, packet.seq), packet.seq, False)
+            return self.learned.render(reference.state, vector, self.audio.window(float(seq / self._fps)))

@@ -23,14 +23,15 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ..api import Codec, Decoder, Encoder, Frame
+from ..api import Codec, Encoder
 from ..errors import PacketError, TalkcodecError
 from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, CropSettings, FaceObservation, FaceTracker
 from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
-from ..quant import LaplaceCoder, Quantizer
+from ..quant import VectorCoding, VectorStream
 from ..registry import register_codec
 from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
-from .mesh_model import MAX_COEFFICIENTS, MAX_KEY_DISTANCE, POSE_PARAMS, ShapeModel
+from .mesh_model import MAX_COEFFICIENTS, POSE_PARAMS, ShapeModel
+from .stream import FramePacketizer, StreamDecoder, StreamReference
 
 
 @dataclass(frozen=True)
@@ -59,29 +60,14 @@ def _load_model(path: str | None) -> ShapeModel:
     return ShapeModel.load(path)
 
 
-class _StreamCoding:
-    """Quantizer and entropy coders for one (model, K, precision): shared by both ends."""
-
-    def __init__(self, model: ShapeModel, coefficients: int, precision: float):
-        size = POSE_PARAMS + coefficients
-        self.model, self.coefficients = model, coefficients
-        self.quantizer = Quantizer(model.step[:size] * precision)
-        self.centre = np.rint(model.key_centre[:size] / self.quantizer.step).astype(np.int32)
-        self.key_coder = LaplaceCoder(np.maximum(model.key_scale[:size] / precision, 0.2))
-        self._delta_scales = np.maximum(model.delta_scale[:, :size] / precision, 0.2)
-        self._delta_coders: dict[int, LaplaceCoder] = {}
-
-    def delta_coder(self, distance: int) -> LaplaceCoder:
-        row = min(distance, MAX_KEY_DISTANCE) - 1
-        if row not in self._delta_coders:
-            self._delta_coders[row] = LaplaceCoder(self._delta_scales[row])
-        return self._delta_coders[row]
-
-    def symbols(self, landmarks: np.ndarray) -> np.ndarray:
-        return self.quantizer.quantize(self.model.analyse(landmarks, self.coefficients))
-
-    def params(self, symbols: np.ndarray) -> np.ndarray:
-        return self.quantizer.dequantize(symbols)
+def mesh_stream(model: ShapeModel, coefficients: int, precision: float) -> VectorStream:
+    """The coders of the pose + ``coefficients`` parameters at ``precision`` (both ends)."""
+    size = POSE_PARAMS + coefficients
+    step = model.step[:size] * precision
+    return VectorStream(VectorCoding(
+        step, np.rint(model.key_centre[:size] / step), np.maximum(model.key_scale[:size] / precision, 0.2),
+        np.maximum(model.delta_scale[:, :size] / precision, 0.2),
+    ))  # fmt: skip
 
 
 @register_codec("mesh")
@@ -104,19 +90,18 @@ class MeshCodec(Codec):
 
 class MeshEncoder(Encoder):
     def __init__(self, codec: MeshCodec, fps: Fraction):
-        self.codec, self.settings, self.fps = codec, codec.settings, fps
-        self.coding = _StreamCoding(codec.model, self.settings.coefficients, self.settings.precision)
+        self.codec, self.settings = codec, codec.settings
+        self.stream = mesh_stream(codec.model, self.settings.coefficients, self.settings.precision)
         self.tracker = FaceTracker(CropSettings(track=self.settings.crop), segmentation=False)
+        self.packets = FramePacketizer(codec.codec_id, self.settings.key_interval, fps)
         self.last_observation: FaceObservation | None = None
         self._seq = 0
         self._ref_id = -1
         self._ref_rotation: np.ndarray | None = None  # rotation vector of the current reference
-        self._key_seq = -1
-        self._key_symbols: np.ndarray | None = None
-        self._want_key = self._want_reference = False
+        self._want_reference = False
 
     def request_key(self) -> None:
-        self._want_key = True
+        self.packets.want_key = True
 
     def request_reference(self) -> None:
         self._want_reference = True
@@ -131,34 +116,27 @@ class MeshEncoder(Encoder):
         if observation.landmarks is not None and symbols is not None:
             meta["landmarks"] = observation.landmarks.astype("<f2").tobytes()  # (478, 3) float16
             meta["symbols"] = symbols.tolist()
-        self._ref_rotation = None if symbols is None else self.coding.params(symbols)[:3]
+        self._ref_rotation = None if symbols is None else self.stream.quantizer.dequantize(symbols)[:3]
         return Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id)
 
     def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
         observation = self.tracker.process(frame)
         self.last_observation = observation
-        symbols = None if observation.landmarks is None else self.coding.symbols(observation.landmarks)
+        quantizer = self.stream.quantizer
+        symbols = None
+        if observation.landmarks is not None:
+            symbols = quantizer.quantize(self.codec.model.analyse(observation.landmarks, self.settings.coefficients))
         packets: list[Packet] = []
         turned = (
             symbols is not None
             and self._ref_rotation is not None
-            and np.abs(self.coding.params(symbols)[:3] - self._ref_rotation).max() > self.settings.refresh_degrees
+            and np.abs(quantizer.dequantize(symbols)[:3] - self._ref_rotation).max() > self.settings.refresh_degrees
         )
         found_again = symbols is not None and self._ref_rotation is None
         if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
             packets.append(self._reference_packet(observation, symbols))
-            self._want_reference, self._want_key = False, True
-        distance = self._seq - self._key_seq
-        key = self._want_key or self._key_symbols is None or distance >= self.settings.key_interval
-        codec_id = self.codec.codec_id
-        if key:
-            payload = b"" if symbols is None else self.coding.key_coder.encode(symbols - self.coding.centre)
-            packets.append(Packet(codec_id, PacketKind.FRAME, self._seq, payload, key=True, ref_id=self._ref_id, fps=self.fps))
-            self._key_seq, self._key_symbols, self._want_key = self._seq, symbols, False
-        else:
-            assert self._key_symbols is not None
-            payload = b"" if symbols is None else self.coding.delta_coder(distance).encode(symbols - self._key_symbols)
-            packets.append(Packet(codec_id, PacketKind.FRAME, self._seq, payload, key_distance=distance))
+            self._want_reference, self.packets.want_key = False, True
+        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, self.stream))
         self._seq += 1
         return packets
 
@@ -167,42 +145,25 @@ class MeshEncoder(Encoder):
 
 
 @dataclass
-class _Reference:
-    image: np.ndarray  # (256, 256, 3) uint8
-    coding: _StreamCoding | None  # None when the reference has no face (hold only)
-    landmarks: np.ndarray | None  # (478, 3) as sent
-    residual: np.ndarray | None  # canonical-space identity detail
-    mouth_area: float
+class _Reference(StreamReference):
+    landmarks: np.ndarray | None = None  # (478, 3) as sent
+    residual: np.ndarray | None = None  # canonical-space identity detail
+    mouth_area: float = 0.0
 
 
-class MeshDecoder(Decoder):
+class MeshDecoder(StreamDecoder):
     def __init__(self, codec: MeshCodec, reference: np.ndarray | None = None):
-        self.codec = codec
+        super().__init__(codec, reference)
+        self.mesh = codec
         self.warp = PiecewiseAffineWarp(CROP_SIZE)
-        self._references: dict[int, _Reference] = {}
-        self._ref: _Reference | None = None
-        self._key_seq = -1
-        self._key_symbols: np.ndarray | None = None
-        self._fps = Fraction(25)
-        self._last: Frame | None = None
-        self._initial = reference
-        self._needs_key = self._needs_reference = False
-        self._codings: dict[tuple[int, float], _StreamCoding] = {}
+        self._streams: dict[tuple[int, float], VectorStream] = {}
 
-    @property
-    def needs_key(self) -> bool:
-        return self._needs_key
+    def _stream(self, k: int, precision: float) -> VectorStream:
+        if (k, precision) not in self._streams:
+            self._streams[(k, precision)] = mesh_stream(self.mesh.model, k, precision)
+        return self._streams[(k, precision)]
 
-    @property
-    def needs_reference(self) -> bool:
-        return self._needs_reference
-
-    def _coding(self, k: int, precision: float) -> _StreamCoding:
-        if (k, precision) not in self._codings:
-            self._codings[(k, precision)] = _StreamCoding(self.codec.model, k, precision)
-        return self._codings[(k, precision)]
-
-    def _add_reference(self, packet: Packet) -> None:
+    def read_reference(self, packet: Packet) -> _Reference:
         meta = unpack(packet.payload)
         if not isinstance(meta, dict) or not isinstance(meta.get("image"), bytes):
             raise PacketError("mesh reference packet without an image")
@@ -214,82 +175,26 @@ class MeshDecoder(Decoder):
             raise PacketError("mesh reference packet with invalid stream settings")
         if not 0.05 <= precision <= 100:
             raise PacketError("mesh reference packet with invalid precision")
-        reference = _Reference(image, None, None, None, 0.0)
-        if "landmarks" in meta:
-            raw, symbols = meta["landmarks"], meta.get("symbols")
-            if not isinstance(raw, bytes) or len(raw) != NUM_LANDMARKS * 3 * 2:
-                raise PacketError("mesh reference packet with malformed landmarks")
-            if not isinstance(symbols, list) or len(symbols) != POSE_PARAMS + k or not all(isinstance(s, int) for s in symbols):
-                raise PacketError("mesh reference packet with malformed parameters")
-            landmarks = np.frombuffer(raw, dtype="<f2").reshape(NUM_LANDMARKS, 3).astype(np.float64)  # (478, 3)
-            if not np.isfinite(landmarks).all() or np.abs(landmarks).max() > 4 * CROP_SIZE:
-                raise PacketError("mesh reference landmarks out of range")
-            coding = self._coding(k, float(precision))
-            params = coding.params(np.clip(np.array(symbols), -(1 << 14), 1 << 14))
-            reference.coding, reference.landmarks = coding, landmarks
-            reference.residual = coding.model.residual(landmarks, params)
-            reference.mouth_area = polygon_area(landmarks[list(INNER_LIPS), :2])
-        self._references[packet.ref_id] = reference
-        if len(self._references) > 4:  # keep the few most recent
-            del self._references[next(iter(self._references))]
+        if "landmarks" not in meta:
+            return _Reference(image, None)
+        raw, symbols = meta["landmarks"], meta.get("symbols")
+        if not isinstance(raw, bytes) or len(raw) != NUM_LANDMARKS * 3 * 2:
+            raise PacketError("mesh reference packet with malformed landmarks")
+        if not isinstance(symbols, list) or len(symbols) != POSE_PARAMS + k or not all(isinstance(s, int) for s in symbols):
+            raise PacketError("mesh reference packet with malformed parameters")
+        landmarks = np.frombuffer(raw, dtype="<f2").reshape(NUM_LANDMARKS, 3).astype(np.float64)  # (478, 3)
+        if not np.isfinite(landmarks).all() or np.abs(landmarks).max() > 4 * CROP_SIZE:
+            raise PacketError("mesh reference landmarks out of range")
+        stream = self._stream(k, float(precision))
+        params = stream.quantizer.dequantize(np.clip(np.array(symbols), -(1 << 14), 1 << 14))
+        return _Reference(image, stream, landmarks, self.mesh.model.residual(landmarks, params),
+                          polygon_area(landmarks[list(INNER_LIPS), :2]))  # fmt: skip
 
-    def _render(self, symbols: np.ndarray) -> np.ndarray:
-        ref = self._ref
-        assert ref is not None and ref.coding is not None and ref.landmarks is not None
-        params = ref.coding.params(symbols)
-        landmarks = ref.coding.model.synthesize(params, ref.residual)  # (478, 3)
-        image = self.warp(ref.image, ref.landmarks[:, :2], landmarks[:, :2])
-        if self.codec.settings.mouth_fill:
-            fill_mouth(image, landmarks[list(INNER_LIPS), :2], ref.mouth_area)
+    def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
+        assert isinstance(reference, _Reference) and reference.stream is not None and reference.landmarks is not None
+        params = reference.stream.quantizer.dequantize(symbols)
+        landmarks = self.mesh.model.synthesize(params, reference.residual)  # (478, 3)
+        image = self.warp(reference.image, reference.landmarks[:, :2], landmarks[:, :2])
+        if self.mesh.settings.mouth_fill:
+            fill_mouth(image, landmarks[list(INNER_LIPS), :2], reference.mouth_area)
         return image
-
-    def _emit(self, image: np.ndarray | None, seq: int, concealed: bool) -> list[Frame]:
-        if image is None:
-            if self._last is not None:
-                image = self._last.image
-            elif self._ref is not None:
-                image = self._ref.image
-            elif self._initial is not None:
-                image = self._initial
-            else:
-                return []  # nothing to show yet
-        frame = Frame(image, seq, float(seq / self._fps), concealed)
-        self._last = frame
-        return [frame]
-
-    def decode(self, packet: Packet | None) -> list[Frame]:
-        if packet is None:
-            return self._emit(None, self._last.seq + 1 if self._last else 0, True)
-        if packet.codec_id != self.codec.codec_id:
-            raise PacketError(f"a {packet.codec} packet given to the mesh decoder")
-        if packet.kind == PacketKind.REFERENCE:
-            self._add_reference(packet)
-            return []
-        if packet.kind != PacketKind.FRAME:
-            return []
-        if packet.key:
-            self._fps = packet.fps or self._fps
-            self._ref = self._references.get(packet.ref_id)
-            self._key_seq, self._key_symbols = packet.seq, None
-            self._needs_reference = self._ref is None
-            if self._ref is None:
-                self._needs_key = True  # the reference was lost: the sender must resend it
-                return self._emit(None, packet.seq, True)
-            if not packet.payload or self._ref.coding is None:
-                self._needs_key = False
-                return self._emit(None, packet.seq, False)  # no face: hold
-            coding = self._ref.coding
-            try:
-                self._key_symbols = coding.key_coder.decode(packet.payload) + coding.centre
-            except PacketError:
-                self._needs_key = True  # a corrupt key: its deltas cannot decode either
-                raise
-            self._needs_key = False
-            return self._emit(self._render(self._key_symbols), packet.seq, False)
-        if packet.key_seq != self._key_seq or self._ref is None:
-            self._needs_key = True  # its key never arrived
-            return self._emit(None, packet.seq, True)
-        if not packet.payload or self._key_symbols is None or self._ref.coding is None:
-            return self._emit(None, packet.seq, False)
-        delta = self._ref.coding.delta_coder(packet.key_distance).decode(packet.payload)
-        return self._emit(self._render(self._key_symbols + delta), packet.seq, False)

@@ -21,10 +21,10 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from ..errors import WeightsError
+from ..quant import MAX_KEY_DISTANCE, VectorCoding
 
 POSE_PARAMS = 6  # rotation vector (3, degrees), log scale, tx, ty
 MAX_COEFFICIENTS = 32
-MAX_KEY_DISTANCE = 64  # delta-scale table length; farther deltas use the last row
 DEFAULT_PATH = resources.files("talkcodec") / "data" / "mesh_model.safetensors"
 
 # Quantization steps in physical units, before the codec's `precision` multiplier.
@@ -168,18 +168,9 @@ def fit_shape_model(tracks: list[np.ndarray], canonical: np.ndarray, names: list
     step = np.concatenate(
         [[ROTATION_STEP_DEG] * 3, [LOG_SCALE_STEP], [TRANSLATION_STEP_PX] * 2, COEFFICIENT_STEP_PX / (face_scale * largest_move)]
     )
-    symbols = [np.rint(p / step) for p in params]
-    key_centre = np.median(all_params, axis=0)
-    key_scale = np.maximum(np.abs(np.concatenate(symbols) - np.rint(key_centre / step)).mean(axis=0), 0.5)
-    delta_scale = np.ones((MAX_KEY_DISTANCE, len(step)))
-    for d in range(1, MAX_KEY_DISTANCE + 1):
-        diffs = [s[d:] - s[:-d] for s in symbols if len(s) > d]
-        if diffs:
-            delta_scale[d - 1] = np.maximum(np.abs(np.concatenate(diffs)).mean(axis=0), 0.3)
-        else:
-            delta_scale[d - 1] = delta_scale[d - 2]
+    coding = VectorCoding.fit(params, step)  # entropy-coder statistics of the quantized tracks
     info = {"fitted_on": names or [], "frames": int(len(shapes)), "face_scale_px": face_scale}
-    return ShapeModel(mean, basis, step, key_scale, key_centre, delta_scale, info)
+    return ShapeModel(mean, basis, step, coding.key_scale, coding.key_centre * step, coding.delta_scale, info)
 
 
 def landmark_tracks(path: str | Path, fps: float = 25.0, max_seconds: float | None = None) -> list[np.ndarray]:

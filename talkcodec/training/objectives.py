@@ -99,7 +99,8 @@ class AVFRObjective(Objective):
         return AVFRModel(config)
 
     def build_critic(self) -> nn.Module:
-        return MultiScaleDiscriminator(MultiScaleDiscriminatorConfig())
+        small = self.config.size <= 128  # a CPU-size generator gets a critic of its size
+        return MultiScaleDiscriminator(MultiScaleDiscriminatorConfig(block_expansion=16 if small else 32))
 
     def generate(self, batch: Batch) -> dict[str, Any]:
         return self.model(batch["source"], batch["source_mesh"], batch["source_mask"],
@@ -136,7 +137,8 @@ class APBObjective(Objective):
         return APBModel(config)
 
     def build_critic(self) -> nn.Module:
-        return PatchDiscriminator(PatchDiscriminatorConfig())
+        small = self.config.size <= 128  # a CPU-size generator gets a critic of its size
+        return PatchDiscriminator(PatchDiscriminatorConfig(channels=32 if small else 64))
 
     def generate(self, batch: Batch) -> dict[str, Any]:
         return self.model(batch["source"], batch["mel"], batch["pose"], batch["blink"])

@@ -1,0 +1,85 @@
+"""`talkcodec train` end to end on the bundled sample: cache, pairs, a tiny run, resume, weights."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import talkcodec
+from talkcodec.audio import MelSettings
+from talkcodec.cli import main
+from talkcodec.training.cache import CacheSettings, build_cache
+from talkcodec.training.data import Augment, PairDataset, Split, load_clips, split_ranges, validation_pairs
+from talkcodec.training.trainer import train
+
+SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, sample_video):
+    folder = tmp_path_factory.mktemp("cache")
+    summary = build_cache([sample_video], folder, CacheSettings(max_seconds=SECONDS), progress=False)
+    return folder, summary
+
+
+def test_cache_holds_crops_landmarks_and_opus_mel(cache, sample_video):
+    folder, summary = cache
+    assert summary == {"sample": {"frames": 50, "faces": 50, "has_audio": True, "bytes": (folder / "sample.npz").stat().st_size}}
+    (clip,) = load_clips(folder)
+    assert len(clip) == 50 and clip.image(0).shape == (256, 256, 3)
+    assert clip.landmarks.shape == (50, 478, 2) and 0 < clip.landmarks.mean() < 256
+    assert clip.mel.shape[0] == 80 and clip.mel.shape[1] >= SECONDS * 100 and clip.mel.max() > -10  # speech, not silence
+    assert np.abs(clip.pose).max() < 90 and (clip.blink > 0).all()
+    mtime = (folder / "sample.npz").stat().st_mtime
+    build_cache([sample_video], folder, CacheSettings(max_seconds=SECONDS), progress=False)  # already cached: skipped
+    assert (folder / "sample.npz").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("structure, augment", [(True, Augment()), (False, None)])
+def test_pairs_have_the_shapes_the_networks_expect(cache, structure, augment):
+    clips = load_clips(cache[0])
+    mel = MelSettings()
+    train_ranges, tail, unseen = split_ranges(clips, Split(held_out=(), tail=0.2))
+    assert train_ranges == [(0, 0, 40)] and tail == [(0, 40, 50)] and unseen == []
+    data = PairDataset(clips, 64, mel, ranges=train_ranges, length=3, augment=augment, structure=structure)
+    sample = data[0]
+    assert sample["source"].shape == sample["driving"].shape == (3, 64, 64)
+    assert sample["mel"].shape == (80, mel.steps) and sample["pose"].shape == (3,) and sample["landmarks"].shape == (478, 2)
+    if structure:
+        assert sample["driving_mesh"].shape == sample["driving_mask"].shape == (1, 64, 64)
+        assert sample["driving_mesh"].max() > 0.5 and sample["driving_mask"].mean() > 0.1
+    assert torch.equal(data[1]["source"], data[1]["source"])  # deterministic per (epoch, item)
+    pairs = validation_pairs(clips, Split(held_out=(), tail=0.2), per_clip=3)
+    assert pairs["unseen"] == [] and all(c == 0 and s == 0 and 40 <= d < 50 for c, s, d in pairs["tail"])
+
+
+@pytest.mark.parametrize("codec", ["apb", "avfr"])
+def test_tiny_run_checkpoints_resumes_and_its_weights_decode(cache, tmp_path, codec):
+    run = tmp_path / "run"
+    settings = {"codec": codec, "model": "tiny", "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "held_out": [],
+                "val_per_clip": 2, "gan_start": 1}  # fmt: skip
+    first = train(run, settings, cache_dir=cache[0], progress=False)
+    assert first["step"] == 2 and (run / "samples" / "epoch-001.png").exists() and (run / "curve.png").exists()
+    assert set(first["validation"]["tail"]) >= {"l1", "psnr", "ssim", "landmark"}
+    with pytest.raises(talkcodec.TalkcodecError, match="--resume"):
+        train(run, settings, cache_dir=cache[0], progress=False)
+    last = train(run, {"epochs": 2}, resume=True, progress=False)  # the cache folder comes from run.json
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert last["step"] == 4 and [h["step"] for h in history] == [0, 2, 4]
+    assert "adversarial" in history[-1]["train"]  # the critic switched on at gan_start
+    codec_obj = talkcodec.get_codec(codec, weights=str(run / "weights.safetensors"))
+    assert codec_obj.weights.info["step"] == 4 and codec_obj.mel.steps == MelSettings().steps
+    decoder = codec_obj.decoder()
+    assert decoder.lookahead_s == pytest.approx(0.1)
+
+
+def test_train_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path)]) == 2
+    assert "--codec is required" in capsys.readouterr().err
+    assert main(["train", "--codec", "apb", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(tmp_path / "empty")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["train", "--codec", "apb", "--out", str(tmp_path / "r"), "--cache", str(tmp_path), "--set", "bogus=1"]) == 2
+    assert "unknown training setting" in capsys.readouterr().err
