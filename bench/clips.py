@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import load_audio, opus_round_trip
 from ..errors import InputError
-from ..video import Mp4Writer, read_frames
+from ..video import Mp4Writer, probe, read_frames
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 FIND_FACE_S = 2.0  # the face must show within the first 2 seconds
+AUDIO_RATE = 16000
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Clip:
     frames: np.ndarray  # (T, 256, 256, 3) uint8
     fps: float
     landmarks: np.ndarray  # (T, 478, 2) of the original crop, NaN where no face
+    audio: np.ndarray | None = None  # 16 kHz mono as a receiver hears it (after Opus), None if silent
 
 
 def expand(paths: list[str | Path]) -> list[Path]:
@@ -71,4 +74,6 @@ def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0) -> Cli
         np.save(marks, landmarks(frames))
         meta.write_text(json.dumps(wanted))
     frames = np.stack(list(read_frames(video)))
-    return Clip(path.stem, frames, fps, np.load(marks))
+    samples = load_audio(path, AUDIO_RATE, seconds) if probe(path).has_audio else None
+    audio = opus_round_trip(samples, AUDIO_RATE) if samples is not None and samples.size else None
+    return Clip(path.stem, frames, fps, np.load(marks), audio)

@@ -81,13 +81,16 @@ CONVENTIONAL: dict[str, Conventional] = {
 }
 
 
-def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float) -> Coded:
-    """A talkcodec codec on pre-cropped 256x256 frames (``crop=False``: the bench's crop)."""
+def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float, audio: np.ndarray | None = None) -> Coded:
+    """A talkcodec codec on pre-cropped 256x256 frames (``crop=False``: the bench's crop);
+    ``audio`` (16 kHz, as heard after Opus) goes to decoders that use it."""
     from ..packet import Packet, PacketKind
     from ..registry import get_codec
 
     codec = get_codec(name, **settings, crop=False)
     encoder, decoder = codec.encoder(fps=fps), codec.decoder()
+    if decoder.uses_audio and audio is not None:
+        decoder.push_audio(audio, 16000)
     wires: list[bytes] = []
     frame_bytes = reference_bytes = 0
     start = time.perf_counter()

@@ -10,6 +10,7 @@ parallel worker processes. The report (``results.json``, ``results.md``, ``rd.pn
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import threading
@@ -25,13 +26,18 @@ from .clips import Clip, expand, load_clip
 from .codecs import CONVENTIONAL, Coded, run_talkcodec
 
 DEFAULT_KBPS = (5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
-TALKCODEC_SWEEPS: dict[str, list[dict[str, Any]]] = {"mesh": [{"precision": p} for p in (0.5, 1.0, 2.0, 4.0)]}
+TALKCODEC_SWEEPS: dict[str, list[dict[str, Any]]] = {
+    name: [{"precision": p} for p in (0.5, 1.0, 2.0, 4.0)] for name in ("mesh", "avfr", "apb")
+}
 DEFAULT_CODECS = ("x264", "x265", "vp8", "vp9", "av1", "mesh")
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder otherwise
 
 
 def setting_label(setting: dict[str, Any]) -> str:
-    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(setting.items()))
+    shown = {k: v for k, v in setting.items() if k != "weights"}  # a path is not a setting's name: its content is
+    if "weights" in setting:
+        shown["model"] = hashlib.sha256(Path(setting["weights"]).read_bytes()).hexdigest()[:8]
+    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(shown.items()))
 
 
 class PeakMemory:
@@ -67,7 +73,7 @@ class PeakMemory:
 def code(clip: Clip, codec: str, setting: dict[str, Any]) -> Coded:
     if codec in CONVENTIONAL:
         return CONVENTIONAL[codec].run(clip.frames, clip.fps, setting["kbps"])
-    return run_talkcodec(codec, setting, clip.frames, clip.fps)
+    return run_talkcodec(codec, setting, clip.frames, clip.fps, clip.audio)
 
 
 def run_cell(
@@ -102,13 +108,14 @@ def _one_thread_each() -> None:
     cv2.setNumThreads(1)
 
 
-def _cells(codecs: list[str], kbps: list[float]) -> list[tuple[str, dict[str, Any]]]:
+def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     cells: list[tuple[str, dict[str, Any]]] = []
     for codec in codecs:
         if codec in CONVENTIONAL:
             cells += [(codec, {"kbps": k}) for k in kbps]
         elif codec in TALKCODEC_SWEEPS:
-            cells += [(codec, s) for s in TALKCODEC_SWEEPS[codec]]
+            extra = {"weights": weights[codec]} if codec in weights else {}
+            cells += [(codec, {**s, **extra}) for s in TALKCODEC_SWEEPS[codec]]
         else:
             known = ", ".join(list(CONVENTIONAL) + list(TALKCODEC_SWEEPS))
             raise TalkcodecError(f"bench: unknown codec {codec!r}; known: {known}")
@@ -121,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="first N seconds of each clip (default 10)")
     parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS), help="comma-separated (default: all)")
     parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
+    parser.add_argument("--weights", action="append", default=[], metavar="CODEC=PATH",
+                        help="weights for a learned codec (avfr, apb), e.g. apb=run/weights.safetensors")
     parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
     parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -136,7 +145,10 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     kbps = [float(k) for k in args.kbps.split(",")]
-    cells = _cells(codecs, kbps)
+    weights = dict(w.split("=", 1) for w in args.weights if "=" in w)
+    if len(weights) != len(args.weights):
+        raise TalkcodecError("bench: --weights expects CODEC=PATH")
+    cells = _cells(codecs, kbps, weights)
     if args.anchor not in codecs:
         raise TalkcodecError(f"bench: the anchor {args.anchor!r} is not among --codecs")
     sources = expand(args.clips) if args.clips else [sample_path()]

@@ -58,6 +58,14 @@ class MelSettings:
     window_s: float = 0.2  # window per video frame (AVFR-GAN: 200 ms = 5 frames at 25 fps)
     lookahead_s: float = 0.1  # audio after the frame's time; window_s / 2 = centred
 
+    def __post_init__(self) -> None:
+        ok = (
+            8000 <= self.sample_rate <= 48000 and 8 <= self.n_mels <= 256 and 0.001 <= self.hop_s <= 0.1
+            and 0.005 <= self.win_s <= 0.2 and self.hop_s <= self.window_s <= 2.0 and 0 <= self.lookahead_s <= self.window_s
+        )  # fmt: skip
+        if not ok:
+            raise ValueError(f"mel settings out of range: {self}")
+
     @property
     def steps(self) -> int:
         return round(self.window_s / self.hop_s)
@@ -184,34 +192,57 @@ class AudioTimeline:
 
     Time 0 is the stream's first frame. Audio not (yet) received reads as silence, exactly like
     the silence padding of the training windows (``slice_windows``), so a window computed here
-    equals the one training saw for the same audio. Keeps the last ``keep_s`` seconds.
+    equals the one training saw for the same audio (but in the first and last 20 ms of a
+    stream). Samples older than ``keep_s`` before the last window asked for are dropped; at
+    most ``max_s`` seconds are held.
     """
 
     MARGIN = 4  # mel columns of context on each side (covers the STFT half-window)
 
-    def __init__(self, settings: MelSettings = MelSettings(), keep_s: float = 30.0):
+    def __init__(self, settings: MelSettings = MelSettings(), keep_s: float = 2.0, max_s: float = 600.0):
         self.settings = settings
         self._hop = round(settings.hop_s * settings.sample_rate)
+        self._chunks: list[np.ndarray] = []
         self._samples = np.zeros(0, np.float32)
         self._start = 0  # stream sample index of self._samples[0]
-        self._keep = int(keep_s * settings.sample_rate)
+        self._keep, self._max = int(keep_s * settings.sample_rate), int(max_s * settings.sample_rate)
+        self._resampler: av.AudioResampler | None = None
+        self._rate_in = settings.sample_rate
 
     def push(self, samples: np.ndarray, sample_rate: int) -> None:
-        """Append mono float32 samples that follow the previous ones."""
-        samples = resample(np.asarray(samples, np.float32).reshape(-1), sample_rate, self.settings.sample_rate)
-        self._samples = np.concatenate([self._samples, samples])
-        if len(self._samples) > 2 * self._keep:
-            drop = len(self._samples) - self._keep
+        """Append mono float32 samples that follow the previous ones (one stateful resampler,
+        so chunk edges add nothing)."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        if sample_rate != self.settings.sample_rate and samples.size:
+            if self._resampler is None or sample_rate != self._rate_in:
+                self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.settings.sample_rate)
+                self._rate_in = sample_rate
+            frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            resampled = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+            samples = np.concatenate(resampled) if resampled else np.zeros(0, np.float32)
+        self._chunks.append(samples)
+
+    def _gather(self) -> None:
+        if self._chunks:
+            self._samples = np.concatenate([self._samples, *self._chunks])
+            self._chunks = []
+        if len(self._samples) > self._max:
+            drop = len(self._samples) - self._max
             self._samples, self._start = self._samples[drop:], self._start + drop
 
     def window(self, time_s: float) -> np.ndarray:
         """(n_mels, steps) window of the frame at ``time_s`` (ends ``lookahead_s`` after it)."""
         s = self.settings
+        self._gather()
         first = int(round((time_s + s.lookahead_s - s.window_s) / s.hop_s))  # first mel column
         lo = (first - self.MARGIN) * self._hop - self._start
         chunk = np.zeros((s.steps + 2 * self.MARGIN) * self._hop, np.float32)
         a, b = max(lo, 0), min(lo + len(chunk), len(self._samples))
         if b > a:
             chunk[a - lo : b - lo] = self._samples[a:b]
+        if lo > self._keep:  # frames come in order: what lies far behind this window is done with
+            drop = lo - self._keep
+            self._samples, self._start = self._samples[drop:], self._start + drop
         mel = log_mel(chunk, s)  # (n_mels, columns): column j is at chunk time j * hop
         return mel[:, self.MARGIN : self.MARGIN + s.steps]

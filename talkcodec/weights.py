@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,19 +60,17 @@ def save_weights(
     return path
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise WeightsError(f"{path}: not a safetensors file (too short)")
-        size = int.from_bytes(head, "little")
-        if size > MAX_HEADER_BYTES:
-            raise WeightsError(f"{path}: not a safetensors file (header of {size} bytes)")
-        try:
-            header = json.loads(f.read(size))
-            meta = json.loads(header["__metadata__"]["talkcodec"])
-        except (ValueError, KeyError, TypeError):
-            raise WeightsError(f"{path}: not a talkcodec weights file (no talkcodec metadata)") from None
+def _read_metadata(path: Path, data: bytes) -> dict[str, Any]:
+    if len(data) < 8:
+        raise WeightsError(f"{path}: not a safetensors file (too short)")
+    size = int.from_bytes(data[:8], "little")
+    if size > MAX_HEADER_BYTES or size > len(data) - 8:
+        raise WeightsError(f"{path}: not a safetensors file (header of {size} bytes)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+        meta = json.loads(header["__metadata__"]["talkcodec"])
+    except (ValueError, KeyError, TypeError):
+        raise WeightsError(f"{path}: not a talkcodec weights file (no talkcodec metadata)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: unsupported weights format {meta.get('format') if isinstance(meta, dict) else meta!r}")
     if not isinstance(meta.get("codec"), str) or not isinstance(meta.get("config"), dict):
@@ -82,21 +81,22 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 def load_weights(path: str | Path, codec: str | None = None) -> Weights:
     """Read a weights file; ``codec`` set: refuse weights made for another codec."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise WeightsError(f"{path}: {path.stat().st_size} bytes is too large for talkcodec weights")
-    meta = _read_metadata(path)
+    data = path.read_bytes()  # read once: the fingerprint and the tensors are of the same bytes
+    meta = _read_metadata(path, data)
     if codec is not None and meta["codec"] != codec:
         raise WeightsError(f"{path}: these are {meta['codec']!r} weights, not {codec!r} weights")
     try:
-        tensors = load_file(str(path))
+        tensors = load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path}: corrupted weights file ({exc})") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(data).hexdigest()[:16]
     info = {k: v for k, v in meta.items() if k not in ("format", "codec", "config")}
     return Weights(meta["codec"], meta["config"], tensors, info, digest, str(path))
 
@@ -167,14 +167,13 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], info: 
             size = 0
         shards[-1][name] = tensor.detach().cpu().contiguous()
         size += nbytes
-    names = [f"shard-{i:03d}.safetensors" for i in range(len(shards))]
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.monotonic_ns() % 1_000_000:06d}"  # new names each save
+    names = [f"shard-{stamp}-{i:03d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        save_file(shard, str(folder / (name + ".tmp")))
-    for name in names:
-        (folder / (name + ".tmp")).replace(folder / name)
+        save_file(shard, str(folder / name))
     tmp = folder / "checkpoint.json.tmp"
     tmp.write_text(json.dumps({"format": FORMAT, "shards": names, **info}, indent=1))
-    tmp.replace(folder / "checkpoint.json")  # written last: a checkpoint is complete when this exists
+    tmp.replace(folder / "checkpoint.json")  # the switch: until here the previous checkpoint stands whole
     for old in folder.glob("shard-*.safetensors"):
         if old.name not in names:
             old.unlink()
@@ -193,7 +192,9 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise WeightsError(f"{folder}: unsupported checkpoint")
     tensors: dict[str, torch.Tensor] = {}
     for name in info["shards"]:
-        path = folder / Path(str(name)).name  # names only: a checkpoint cannot point outside its folder
+        if not isinstance(name, str) or Path(name).name != name:
+            raise WeightsError(f"{folder}: checkpoint names a shard outside its folder ({name!r})")
+        path = folder / name
         try:
             tensors.update(load_file(str(path)))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

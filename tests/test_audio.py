@@ -52,3 +52,21 @@ def test_opus_roundtrip_keeps_a_tone():
 
 def test_damaged_opus_packet_is_silence():
     assert OpusDecoder().decode(b"\xff\x00garbage").shape == (960,)
+
+
+def test_receiver_windows_equal_training_windows():
+    """AudioTimeline fed 20 ms chunks at 48 kHz (as a call delivers them) gives the windows
+    training cut from the whole clip's spectrogram."""
+    from talkcodec.audio import AudioTimeline, MelSettings, log_mel, resample, slice_windows
+
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal(48000 * 3) * 0.1).astype(np.float32)
+    settings = MelSettings()
+    times = np.array([0.5, 1.0, 2.5])
+    expected = slice_windows(log_mel(resample(samples, 48000, 16000), settings), times, settings)
+    timeline = AudioTimeline(settings)
+    for start in range(0, len(samples), 960):
+        timeline.push(samples[start : start + 960], 48000)
+    for window, time in zip(expected, times):
+        assert np.allclose(timeline.window(time), window, atol=1e-4)
+    assert timeline.window(10.0).max() == pytest.approx(np.log(1e-6))  # not yet heard: silence

@@ -3,7 +3,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from talkcodec.bench.bdrate import bd_quality, bd_rate
 from talkcodec.bench.codecs import CONVENTIONAL
 from talkcodec.bench.lpips import lpips

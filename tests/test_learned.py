@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from talkcodec.models.apb import APBConfig, APBModel
+from talkcodec.models.avfr import AVFRConfig, AVFRModel
 
 import talkcodec
 from talkcodec.audio import MelSettings
 from talkcodec.errors import PacketError, WeightsError
-from talkcodec.models.apb import APBConfig, APBModel
-from talkcodec.models.avfr import AVFRConfig, AVFRModel
 from talkcodec.packet import Packet, PacketKind
 from talkcodec.quant import MAX_KEY_DISTANCE, VectorCoding, VectorStream
 from talkcodec.training.trainer import export_weights
@@ -147,8 +147,11 @@ def test_checkpoint_shards_roundtrip(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("shard-*.safetensors"))) >= 3
     loaded, info = load_checkpoint(tmp_path)
     assert info["step"] == 7 and all(torch.equal(loaded[k], v) for k, v in tensors.items())
-    (tmp_path / "checkpoint.json").write_text(json.dumps({**info, "shards": ["../../etc/passwd"]}))
-    with pytest.raises(WeightsError):
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    save_checkpoint(outside, tensors, {"step": 1})
+    shard = next(outside.glob("shard-*.safetensors"))
+    (tmp_path / "checkpoint.json").write_text(json.dumps({**info, "shards": [f"../{outside.name}/{shard.name}"]}))
+    with pytest.raises(WeightsError, match="outside its folder"):
         load_checkpoint(tmp_path)
 
 
@@ -171,3 +174,26 @@ def test_vector_coding_roundtrip_and_validation():
                    {**arrays, "coding.delta_scale": arrays["coding.delta_scale"][:3]}):  # fmt: skip
         with pytest.raises(ValueError):
             VectorCoding.from_arrays(broken)
+
+
+def test_the_bench_runs_a_learned_codec_with_the_clip_audio(tmp_path, sample_video):
+    from talkcodec.bench.clips import crop_clip
+    from talkcodec.bench.codecs import run_talkcodec
+
+    frames = crop_clip(sample_video, 1.0)
+    path = _tiny_weights("apb", tmp_path / "w.safetensors")
+    coded = run_talkcodec("apb", {"weights": str(path)}, frames, 25.0, np.zeros(16000, np.float32))
+    assert coded.decoded.shape == frames.shape and coded.frame_bytes > 0 and coded.reference_bytes > 1000
+
+
+@pytest.mark.parametrize("damage", ["nan", "far", "singular"])
+def test_hostile_keypoints_are_a_packet_error(damage):
+    from talkcodec.codecs.avfr import vector_keypoints
+
+    vector = np.concatenate([np.zeros(20), np.tile([1.0, 0.0, 0.0, 1.0], 10)])  # 10 keypoints, identity jacobians
+    vector[{"nan": 0, "far": 1, "singular": 20}[damage]] = {"nan": np.nan, "far": 50.0, "singular": 0.0}[damage]
+    if damage == "singular":
+        vector[23] = 0.0  # [[0, 0], [0, 0]]
+    vector_keypoints(np.concatenate([np.zeros(20), np.tile([1.0, 0.0, 0.0, 1.0], 10)]), 10, torch.device("cpu"))
+    with pytest.raises(PacketError):
+        vector_keypoints(vector, 10, torch.device("cpu"))

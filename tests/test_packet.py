@@ -11,13 +11,13 @@ from talkcodec.packet import (
     MAX_PACKET_BYTES,
     Packet,
     PacketKind,
+    _dictionaries,
     decode_image,
     encode_image,
     pack,
     register_dictionary,
     train_dictionary,
     unpack,
-    _dictionaries,
 )
 
 MESH = 1

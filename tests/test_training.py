@@ -11,7 +11,9 @@ from talkcodec.audio import MelSettings
 from talkcodec.cli import main
 from talkcodec.training.cache import CacheSettings, build_cache
 from talkcodec.training.data import Augment, PairDataset, Split, load_clips, split_ranges, validation_pairs
-from talkcodec.training.trainer import train
+from talkcodec.training.objectives import OBJECTIVES
+from talkcodec.training.trainer import TrainConfig, Trainer, train
+from talkcodec.weights import load_checkpoint
 
 SECONDS = 2.0
 
@@ -51,27 +53,40 @@ def test_pairs_have_the_shapes_the_networks_expect(cache, structure, augment):
         assert sample["driving_mesh"].max() > 0.5 and sample["driving_mask"].mean() > 0.1
     assert torch.equal(data[1]["source"], data[1]["source"])  # deterministic per (epoch, item)
     pairs = validation_pairs(clips, Split(held_out=(), tail=0.2), per_clip=3)
-    assert pairs["unseen"] == [] and all(c == 0 and s == 0 and 40 <= d < 50 for c, s, d in pairs["tail"])
+    assert pairs["unseen"] == [] and len(pairs["tail"]) == 3
+    assert all(c == 0 and s == 0 and 40 <= d < 50 for c, s, d in pairs["tail"])
 
 
 @pytest.mark.parametrize("codec", ["apb", "avfr"])
-def test_tiny_run_checkpoints_resumes_and_its_weights_decode(cache, tmp_path, codec):
+def test_tiny_run_stops_mid_epoch_resumes_and_its_weights_load(cache, tmp_path, codec):
     run = tmp_path / "run"
     settings = {"codec": codec, "model": "tiny", "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "held_out": [],
                 "val_per_clip": 2, "gan_start": 1}  # fmt: skip
-    first = train(run, settings, cache_dir=cache[0], progress=False)
-    assert first["step"] == 2 and (run / "samples" / "epoch-001.png").exists() and (run / "curve.png").exists()
-    assert set(first["validation"]["tail"]) >= {"l1", "psnr", "ssim", "landmark"}
+    stopped = train(run, settings, cache_dir=cache[0], minutes=1e-9, progress=False)  # out of time after one step
+    assert stopped["step"] == 0  # the last validated entry: the untrained baseline
+    tensors, info = load_checkpoint(run / "checkpoint")
+    assert info["step"] == 1
     with pytest.raises(talkcodec.TalkcodecError, match="--resume"):
         train(run, settings, cache_dir=cache[0], progress=False)
+
+    config = TrainConfig.from_dict(info["train"])
+    trainer = Trainer(config, run, None, cache[0], "cpu", False, OBJECTIVES[codec].preset("tiny"))
+    trainer.resume()  # exactly the saved state: network, critic, optimizer moments, step
+    assert trainer.step == 1
+    assert all(torch.equal(v, tensors["model." + k]) for k, v in trainer.model.state_dict().items())
+    moments = trainer.opt_g.state_dict()["state"]
+    assert moments and all(torch.equal(s["exp_avg"], tensors[f"opt_g.{i}.exp_avg"]) for i, s in moments.items())
+
     last = train(run, {"epochs": 2}, resume=True, progress=False)  # the cache folder comes from run.json
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert last["step"] == 4 and [h["step"] for h in history] == [0, 2, 4]
+    assert set(last["validation"]["tail"]) >= {"l1", "psnr", "ssim", "landmark"}
     assert "adversarial" in history[-1]["train"]  # the critic switched on at gan_start
+    assert (run / "samples" / "epoch-002.png").exists() and (run / "curve.png").exists()
     codec_obj = talkcodec.get_codec(codec, weights=str(run / "weights.safetensors"))
     assert codec_obj.weights.info["step"] == 4 and codec_obj.mel.steps == MelSettings().steps
-    decoder = codec_obj.decoder()
-    assert decoder.lookahead_s == pytest.approx(0.1)
+    assert codec_obj.decoder().lookahead_s == pytest.approx(0.1)
+    assert codec_obj.network is not None  # the exported network loads into the codec
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):

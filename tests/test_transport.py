@@ -5,12 +5,12 @@ import json
 
 import av
 import pytest
-
-from talkcodec.cli import main
-from talkcodec.packet import Packet, PacketKind
 from talkcodec.transport.call import CallOptions, Peer, use_loopback_only
 from talkcodec.transport.jitter import JitterBuffer
 from talkcodec.transport.peer import LossyChannel
+
+from talkcodec.cli import main
+from talkcodec.packet import Packet, PacketKind
 
 SECONDS = 3.0
 

@@ -10,8 +10,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
-from talkcodec.audio import OPUS_RATE, load_audio
 from talkcodec.api import Frame
+from talkcodec.audio import OPUS_RATE, load_audio
 
 AUDIO_PTIME = 0.020  # 20 ms per audio frame, as WebRTC sends Opus
 _AUDIO_SAMPLES = int(OPUS_RATE * AUDIO_PTIME)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from talkcodec.audio import OPUS_RATE
-from talkcodec.errors import PacketError
+from talkcodec.errors import PacketError, TalkcodecError
 from talkcodec.packet import Packet, PacketKind
 from talkcodec.registry import get_codec, import_codecs
 from talkcodec.video import Mp4Writer, read_frames
@@ -234,7 +234,11 @@ class FaceReceiver:
         except PacketError:
             return None  # a damaged packet is a lost packet
         if self._decoder is None:
-            self._decoder = get_codec(packet.codec, **(self.settings if packet.codec != "mesh" else {})).decoder()
+            try:
+                self._decoder = get_codec(packet.codec, **(self.settings if packet.codec != "mesh" else {})).decoder()
+            except TalkcodecError as exc:  # e.g. no weights for the codec the other side speaks
+                self.abort(f"cannot decode the other side's {packet.codec} stream: {exc}")
+                return None
             # an audio-driven decoder draws a frame once lookahead_s of audio after it has arrived
             self.playout_delay = max(self.playout_delay, self._decoder.lookahead_s + 0.08)
         if packet.kind == PacketKind.FRAME:
@@ -259,6 +263,9 @@ class FaceReceiver:
             return self._decoder.decode(packet)
         except PacketError:
             return self._decoder.decode(None) if conceal else []
+        except TalkcodecError as exc:  # a stream this decoder can never draw (other weights)
+            self.abort(str(exc))
+            return []
 
     async def pull_audio(self, track: Any) -> None:
         """Keep the received audio (for the recording) until the track ends."""
@@ -274,14 +281,18 @@ class FaceReceiver:
             if self.record:  # only a recording needs the samples kept
                 self._audio_chunks.append((time.time(), samples))
             if self._decoder is not None and self._decoder.uses_audio and self._first_arrival is not None:
-                self._pool.submit(self._feed_audio, samples, time.time())  # on the decode thread, in order
+                try:
+                    self._pool.submit(self._feed_audio, samples, time.time())  # on the decode thread, in order
+                except RuntimeError:  # the call is over: the pool is shut down
+                    return
 
     def _feed_audio(self, samples: np.ndarray, arrived: float) -> None:
         """Give an audio-driven decoder the call's audio on the frames' timeline: the first chunk
         is placed by its arrival relative to frame 0's (the sender paces both on one clock)."""
         if self._audio_fed is None:
             first_seq, first_time = self._first_arrival  # type: ignore[misc]
-            start = arrived - len(samples) / OPUS_RATE - (first_time - first_seq / self._fps)  # stream time of this chunk
+            frame0 = min(self._local_t0, first_time - first_seq / self._fps)  # the least delayed arrival
+            start = arrived - len(samples) / OPUS_RATE - frame0  # stream time of this chunk
             lead = int(round(start * OPUS_RATE))
             samples = np.concatenate([np.zeros(max(lead, 0), np.float32), samples[max(-lead, 0) :]])
             self._audio_fed = 0

@@ -18,7 +18,6 @@ import torch
 from ..face import FaceObservation
 from ..models.apb import APBConfig, APBModel
 from ..registry import register_codec
-from ..weights import Weights, load_module
 from .learned import LearnedCodec, to_image, to_tensor
 
 POSE_STEP_DEG = 0.5
@@ -35,10 +34,14 @@ def pose_blink_vector(pose: np.ndarray, blink: np.ndarray) -> np.ndarray:
 class APBCodec(LearnedCodec):
     """Pose + blink + the call's audio (APB2FaceV2): under 1 kbps; needs trained weights."""
 
-    def build_network(self, weights: Weights) -> APBModel:
-        model = APBModel(APBConfig.from_dict(weights.config))
-        load_module(model, weights.tensors, weights.path, prefix="model.")
-        return model
+    def make_network(self, config: dict[str, Any]) -> APBModel:
+        return APBModel(APBConfig.from_dict(config))
+
+    def audio_shape(self, network: torch.nn.Module) -> tuple[int, int]:
+        return network.config.fuser.n_mels, network.config.fuser.steps
+
+    def vector_size(self) -> int:
+        return len(CODING_STEP)
 
     def vector(self, observation: FaceObservation) -> np.ndarray:
         assert observation.pose is not None and observation.blink is not None

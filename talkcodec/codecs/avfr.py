@@ -12,18 +12,41 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from ..errors import PacketError
-from ..face import FaceObservation, rasterize_mesh
+from ..face import CROP_SIZE, FaceObservation, rasterize_mesh
 from ..models.avfr import AVFRConfig, AVFRModel
 from ..registry import register_codec
-from ..weights import Weights, load_module
 from .learned import LearnedCodec, to_image, to_tensor
 
 VALUE_STEP = 2 / 256  # one 256-px crop pixel, in [-1, 1] keypoint units
 JACOBIAN_STEP = 0.02
+MASK_SIZE = 64  # the person mask reaches the detector through this resolution (the training cache's)
+
+
+def detector_inputs(image: np.ndarray, landmarks: np.ndarray | None, mask: np.ndarray | None, size: int,
+                   matrix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The keypoint detector's inputs from a 256 crop, exactly as the sender makes them (training reads them the same way):
+    image (area-resized to ``size``), mesh raster, person mask (via the cache's 64 px), each
+    (size, size) float32; plus the landmarks in network pixels. ``matrix``: augmentation."""
+    rgb = image if image.shape[0] == size else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    rgb = rgb.astype(np.float32) / 255.0
+    if mask is None:
+        mask = np.zeros((size, size), np.float32)
+    else:
+        if mask.shape[0] != MASK_SIZE:
+            mask = cv2.resize(mask.astype(np.float32), (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    points = None if landmarks is None else landmarks[:, :2] * (size / CROP_SIZE)
+    if matrix is not None:
+        rgb = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        mask = cv2.warpAffine(mask, matrix, (size, size), flags=cv2.INTER_LINEAR)
+        points = None if points is None else points @ matrix[:, :2].T + matrix[:, 2]
+    mesh = np.zeros((size, size), np.float32) if points is None else rasterize_mesh(points * (CROP_SIZE / size), size)
+    return rgb, mesh, mask, points if points is not None else np.zeros((0, 2), np.float32)
 
 
 def keypoint_vector(kp: dict[str, torch.Tensor]) -> np.ndarray:
@@ -34,7 +57,15 @@ def keypoint_vector(kp: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def vector_keypoints(vector: np.ndarray, num_kp: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Inverse of ``keypoint_vector``: value (1, K, 2), jacobian (1, K, 2, 2)."""
+    """Inverse of ``keypoint_vector``: value (1, K, 2), jacobian (1, K, 2, 2). Keypoints far
+    outside the picture or degenerate jacobians (from damaged or hostile packets) are a
+    ``PacketError``: dense motion inverts the jacobians."""
+    values, jacobians = vector[: 2 * num_kp], vector[2 * num_kp :].reshape(num_kp, 2, 2)
+    determinants = jacobians[:, 0, 0] * jacobians[:, 1, 1] - jacobians[:, 0, 1] * jacobians[:, 1, 0]
+    if not np.isfinite(vector).all() or np.abs(values).max() > 2 or np.abs(jacobians).max() > 10:
+        raise PacketError("avfr keypoints out of range")
+    if np.abs(determinants).min() < 1e-3:
+        raise PacketError("avfr keypoint jacobian is singular")
     t = torch.as_tensor(vector, dtype=torch.float32, device=device)
     return {"value": t[: 2 * num_kp].reshape(1, num_kp, 2), "jacobian": t[2 * num_kp :].reshape(1, num_kp, 2, 2)}
 
@@ -49,27 +80,30 @@ class AVFRCodec(LearnedCodec):
 
     segmentation = True
 
-    def build_network(self, weights: Weights) -> AVFRModel:
-        model = AVFRModel(AVFRConfig.from_dict(weights.config))
-        load_module(model, weights.tensors, weights.path, prefix="model.")
-        return model
+    def make_network(self, config: dict[str, Any]) -> AVFRModel:
+        return AVFRModel(AVFRConfig.from_dict(config))
+
+    def audio_shape(self, network: torch.nn.Module) -> tuple[int, int]:
+        return network.config.audio.n_mels, network.config.audio.steps
+
+    def vector_size(self) -> int:
+        num_kp = self.weights.config.get("num_kp")
+        if not isinstance(num_kp, int) or not 1 <= num_kp <= 64:
+            raise ValueError(f"num_kp {num_kp!r} out of range")
+        return 6 * num_kp
 
     @property
     def config(self) -> AVFRConfig:
         return self.network.config
 
     def detect(self, image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray | None) -> dict[str, torch.Tensor]:
-        """Keypoints of a 256 crop from its landmarks (crop px) and person mask."""
-        size = self.config.size
-        frame = to_tensor(image, size, self.device)
-        mesh = torch.from_numpy(rasterize_mesh(landmarks, size)).to(self.device)[None, None]
-        if mask is None:
-            mask_t = torch.ones(1, 1, size, size, device=self.device)
-        else:
-            mask_t = torch.nn.functional.interpolate(torch.from_numpy(mask).to(self.device)[None, None].float(),
-                                                     size=(size, size), mode="bilinear", align_corners=False)  # fmt: skip
+        """Keypoints of a 256 crop from its landmarks (crop px) and person mask, prepared exactly
+        as in training (``detector_inputs``)."""
+        rgb, mesh, mask_, _ = detector_inputs(image, landmarks, mask, self.config.size)
+        to = {"device": self.device, "dtype": torch.float32}
         with torch.inference_mode():
-            return self.network.keypoints(frame, mesh, mask_t)
+            return self.network.keypoints(torch.from_numpy(rgb).to(**to).permute(2, 0, 1)[None],  # (S, S, 3) -> (1, 3, S, S)
+                                          torch.from_numpy(mesh).to(**to)[None, None], torch.from_numpy(mask_).to(**to)[None, None])  # fmt: skip
 
     def vector(self, observation: FaceObservation) -> np.ndarray:
         assert observation.landmarks is not None
@@ -83,11 +117,10 @@ class AVFRCodec(LearnedCodec):
         if not isinstance(raw, bytes) or len(raw) != 2 * width:
             raise PacketError("avfr reference packet with malformed keypoints")
         vector = np.frombuffer(raw, dtype="<f2").astype(np.float64)
-        if not np.isfinite(vector).all() or np.abs(vector).max() > 100:
-            raise PacketError("avfr reference keypoints out of range")
+        kp_source = vector_keypoints(vector, self.config.num_kp, self.device)
         with torch.inference_mode():
             features = self.network.prepare(to_tensor(image, self.config.size, self.device))
-        return features, vector_keypoints(vector, self.config.num_kp, self.device)
+        return features, kp_source
 
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
         features, kp_source = state

@@ -30,7 +30,7 @@ from ..errors import PacketError, TalkcodecError, WeightsError
 from ..face import CROP_SIZE, CropSettings, FaceObservation, FaceTracker
 from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
 from ..quant import VectorCoding, VectorStream
-from ..weights import Weights, load_weights
+from ..weights import Weights, load_module, load_weights
 from .stream import FramePacketizer, StreamDecoder, StreamReference
 
 
@@ -57,9 +57,20 @@ def shipped_weights(codec: str) -> Path | None:
     return path if path.is_file() else None
 
 
+MAX_PARAMETERS = 64_000_000  # a weights file asking for a bigger network is refused before it is built
+
+
 @lru_cache(maxsize=8)
-def _load(path: str, codec: str) -> Weights:
+def _load(path: str, codec: str, mtime_ns: int, size: int) -> Weights:  # keyed on the file's state
     return load_weights(path, codec)
+
+
+def _load_current(path: str, codec: str) -> Weights:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    return _load(path, codec, stat.st_mtime_ns, stat.st_size)
 
 
 def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -93,10 +104,13 @@ class LearnedCodec(Codec):
                 f"`talkcodec train --codec {self.name} --data CLIPS_DIR --out RUN_DIR` and pass "
                 f"weights=RUN_DIR/weights.safetensors (CLI: --set weights=RUN_DIR/weights.safetensors)"
             )
-        self.weights = _load(str(path), self.name)
+        self.weights = _load_current(str(path), self.name)
         try:
             self.mel = MelSettings(**self.weights.info.get("mel", {}))
-            self.coding = VectorCoding.from_arrays({k: v.numpy() for k, v in self.weights.tensors.items()})
+            coding = {k: v.float().numpy() for k, v in self.weights.tensors.items() if k.startswith("coding.")}
+            self.coding = VectorCoding.from_arrays(coding)
+            if self.coding.step.shape != (self.vector_size(),):
+                raise ValueError(f"coding for {self.coding.step.shape[0]} values, the codec sends {self.vector_size()}")
         except (TypeError, ValueError) as exc:
             raise WeightsError(f"{path}: invalid weights metadata ({exc})") from None
         self.stream = VectorStream(self.coding.scaled(self.settings.precision))
@@ -107,16 +121,33 @@ class LearnedCodec(Codec):
     def network(self) -> torch.nn.Module:
         """The network, built and loaded on first use (an `apb` sender never needs it)."""
         if self._network is None:
+            source = self.weights.path
             try:
-                network = self.build_network(self.weights)
-            except ValueError as exc:
-                raise WeightsError(f"{self.weights.path}: invalid network config ({exc})") from None
+                with torch.device("meta"):  # count first: a hostile config must not allocate gigabytes
+                    count = sum(p.numel() for p in self.make_network(self.weights.config).parameters())
+                if count > MAX_PARAMETERS:
+                    raise ValueError(f"{count} parameters is more than talkcodec allows ({MAX_PARAMETERS})")
+                network = self.make_network(self.weights.config)
+            except (TypeError, ValueError) as exc:
+                raise WeightsError(f"{source}: invalid network config ({exc})") from None
+            load_module(network, self.weights.tensors, source, prefix="model.")
+            if self.audio_shape(network) != (self.mel.n_mels, self.mel.steps):
+                raise WeightsError(f"{source}: the network reads {self.audio_shape(network)} mel windows, "
+                                   f"its mel settings make {(self.mel.n_mels, self.mel.steps)}")  # fmt: skip
             self._network = network.to(self.device).eval()
         return self._network
 
     @abstractmethod
-    def build_network(self, weights: Weights) -> torch.nn.Module:
-        """The network described by ``weights.config`` with the weights loaded."""
+    def make_network(self, config: dict[str, Any]) -> torch.nn.Module:
+        """The (untrained) network ``config`` describes; ValueError / TypeError when invalid."""
+
+    @abstractmethod
+    def audio_shape(self, network: torch.nn.Module) -> tuple[int, int]:
+        """(n_mels, steps) of the mel windows the network reads."""
+
+    @abstractmethod
+    def vector_size(self) -> int:
+        """How many values a frame sends (checked against the weights' coding statistics)."""
 
     @abstractmethod
     def vector(self, observation: FaceObservation) -> np.ndarray:
@@ -213,6 +244,8 @@ class LearnedDecoder(StreamDecoder):
 
     def _stream(self, precision: float) -> VectorStream:
         if precision not in self._streams:
+            if len(self._streams) >= 8:  # a stream changes precision rarely; bound what a peer can make us hold
+                self._streams.clear()
             self._streams[precision] = VectorStream(self.learned.coding.scaled(precision))
         return self._streams[precision]
 
@@ -234,10 +267,17 @@ class LearnedDecoder(StreamDecoder):
             image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
         if not meta.get("face"):
             return _Reference(image, None)
-        return _Reference(image, self._stream(float(precision)), codec.prepare(image, meta))
+        try:
+            state = codec.prepare(image, meta)
+        except RuntimeError as exc:  # the network refused these inputs
+            raise PacketError(f"{codec.name} reference the network cannot use ({exc})") from None
+        return _Reference(image, self._stream(float(precision)), state)
 
     def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
         assert isinstance(reference, _Reference) and reference.stream is not None
         vector = reference.stream.quantizer.dequantize(symbols)
-        with torch.inference_mode():
-            return self.learned.render(reference.state, vector, self.audio.window(float(seq / self._fps)))
+        try:
+            with torch.inference_mode():
+                return self.learned.render(reference.state, vector, self.audio.window(float(seq / self._fps)))
+        except RuntimeError as exc:  # e.g. a singular jacobian that slipped past the codec's checks
+            raise PacketError(f"{self.learned.name} frame the network cannot draw ({exc})") from None

@@ -97,7 +97,9 @@ class StreamDecoder(Decoder):
         if packet.codec_id != self.codec.codec_id:
             raise PacketError(f"a {packet.codec} packet given to the {self.codec.name} decoder")
         if packet.kind == PacketKind.REFERENCE:
-            self._references[packet.ref_id] = self.read_reference(packet)
+            reference = self.read_reference(packet)
+            self._references.pop(packet.ref_id, None)  # a re-sent id counts as the newest
+            self._references[packet.ref_id] = reference
             if len(self._references) > MAX_REFERENCES:
                 del self._references[next(iter(self._references))]
             return []
@@ -125,6 +127,6 @@ class StreamDecoder(Decoder):
             self._needs_key = True  # its key never arrived
             return self._emit(None, packet.seq, True)
         if not packet.payload or self._key_symbols is None or self._ref.stream is None:
-            return self._emit(None, packet.seq, False)
+            return self._emit(None, packet.seq, self._needs_key)  # a hold; concealment if the key was bad
         symbols = self._ref.stream.decode_delta(packet.payload, self._key_symbols, packet.key_distance)
         return self._emit(self.render(self._ref, symbols, packet.seq), packet.seq, False)

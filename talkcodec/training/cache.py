@@ -23,12 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..audio import MelSettings, load_audio, log_mel, opus_round_trip
+from ..codecs.avfr import MASK_SIZE
 from ..errors import InputError
 from ..face import CROP_SIZE, CropSettings, FaceTracker
 from ..video import probe, read_frames
 
 CACHE_VERSION = 1
-MASK_SIZE = 64
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..audio import MelSettings
+from ..codecs.avfr import detector_inputs
 from ..errors import InputError
-from ..face import CROP_SIZE, rasterize_mesh
-from .cache import MASK_SIZE
+from ..face import CROP_SIZE
 
 SILENCE = float(np.log(1e-6))
 
@@ -83,21 +83,19 @@ def load_clips(cache_dir: str | Path, names: list[str] | None = None) -> list[Cl
     return clips
 
 
-def _geometry(rng: np.random.Generator, augment: Augment | None, size: int) -> tuple[np.ndarray, bool]:
-    """A 2x3 affine from 256-px crop coordinates to ``size``-px network input, and a flip flag."""
-    scale = size / CROP_SIZE
+def _geometry(rng: np.random.Generator, augment: Augment | None, size: int) -> np.ndarray | None:
+    """A random 2x3 affine of the ``size``-px network input (zoom about the centre, shift,
+    mirror), or None without augmentation."""
     if augment is None:
-        return np.array([[scale, 0, 0], [0, scale, 0]], np.float64), False
+        return None
     zoom = 1 + rng.uniform(-augment.zoom, augment.zoom)
     shift = rng.uniform(-augment.shift, augment.shift, 2) * size
-    centre = size / 2
-    s = scale * zoom
-    matrix = np.array([[s, 0, centre - s * CROP_SIZE / 2 + shift[0]], [0, s, centre - s * CROP_SIZE / 2 + shift[1]]])
-    flip = augment.flip and rng.random() < 0.5
-    if flip:
+    centre = (size - 1) / 2
+    matrix = np.array([[zoom, 0, centre * (1 - zoom) + shift[0]], [0, zoom, centre * (1 - zoom) + shift[1]]])
+    if augment.flip and rng.random() < 0.5:
         matrix[0] = -matrix[0]
         matrix[0, 2] += size - 1
-    return matrix, flip
+    return matrix
 
 
 def _colour(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
@@ -114,29 +112,24 @@ class FrameInput:
     image: np.ndarray  # (3, S, S) float32 in [0, 1]
     mesh: np.ndarray  # (1, S, S) mesh raster
     mask: np.ndarray  # (1, S, S)
-    landmarks: np.ndarray  # (478, 2) in [-1, 1] of the network input
 
 
 def frame_input(
-    clip: ClipFrames, index: int, size: int, matrix: np.ndarray, colour: tuple[np.random.Generator, float] | None,
-    structure: bool = True,
+    clip: ClipFrames, index: int, size: int, matrix: np.ndarray | None,
+    colour: tuple[np.random.Generator, float] | None, structure: bool = True,
 ) -> FrameInput:  # fmt: skip
-    """One frame at ``size`` px through the affine ``matrix`` (the same for a pair's frames)."""
-    image = cv2.warpAffine(clip.image(index), matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
-    image = image.astype(np.float32) / 255.0
+    """One frame at ``size`` px, through the augmentation ``matrix`` (the same for a pair's frames)."""
+    if structure:
+        landmarks = clip.landmarks[index] if clip.face[index] else None
+        image, mesh, mask, _ = detector_inputs(clip.image(index), landmarks, clip.mask[index].astype(np.float32) / 255, size, matrix)
+    else:
+        image = cv2.resize(clip.image(index), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        if matrix is not None:
+            image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        mesh = mask = np.zeros((1, 1), np.float32)
     if colour is not None:
         image = _colour(image, *colour).astype(np.float32)
-    points = clip.landmarks[index] @ matrix[:, :2].T + matrix[:, 2]  # (478, 2) network px
-    if structure:
-        mesh = rasterize_mesh(points * (CROP_SIZE / size), size) if clip.face[index] else np.zeros((size, size), np.float32)
-        mask_matrix = matrix.copy()
-        mask_matrix[:, :2] *= CROP_SIZE / MASK_SIZE  # the cached mask is MASK_SIZE px over the crop
-        mask = cv2.warpAffine(clip.mask[index], mask_matrix, (size, size), flags=cv2.INTER_LINEAR).astype(np.float32) / 255
-    else:
-        mesh = mask = np.zeros((1, 1), np.float32)
-    return FrameInput(
-        image.transpose(2, 0, 1).copy(), mesh[None], mask[None], (points / (size - 1) * 2 - 1).astype(np.float32)
-    )  # (H, W, 3) -> (3, H, W)
+    return FrameInput(image.transpose(2, 0, 1).copy(), mesh[None], mask[None])  # (H, W, 3) -> (3, H, W)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -179,15 +172,15 @@ class PairDataset(torch.utils.data.Dataset):
 
     def frame(self, clip_index: int, index: int) -> dict[str, torch.Tensor]:
         """One frame's network inputs (no augmentation): image, mesh, mask."""
-        matrix, _ = _geometry(np.random.default_rng(0), None, self.size)
-        f = frame_input(self.clips[clip_index], index, self.size, matrix, None, self.structure)
+        f = frame_input(self.clips[clip_index], index, self.size, None, None, self.structure)
         return {"image": torch.from_numpy(f.image), "mesh": torch.from_numpy(f.mesh), "mask": torch.from_numpy(f.mask)}
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, item))
         clip_index, source, driving = self.pairs[item] if self.pairs is not None else self._pick(rng)
         clip = self.clips[clip_index]
-        matrix, flip = _geometry(rng, self.augment, self.size)
+        matrix = _geometry(rng, self.augment, self.size)
+        flip = matrix is not None and matrix[0, 0] < 0
         colour = (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
         src = frame_input(clip, source, self.size, matrix, colour, self.structure)
         colour = (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
@@ -198,7 +191,8 @@ class PairDataset(torch.utils.data.Dataset):
             blink = blink[::-1].copy()
         sample = {
             "source": src.image, "driving": drv.image, "source_mesh": src.mesh, "driving_mesh": drv.mesh,
-            "source_mask": src.mask, "driving_mask": drv.mask, "landmarks": drv.landmarks,
+            "source_mask": src.mask, "driving_mask": drv.mask,
+            "landmarks": clip.landmarks[driving] / CROP_SIZE * 2 - 1,  # (478, 2) in [-1, 1] of the crop, un-augmented
             "mel": clip.mel_window(driving, self.fps, self.mel), "pose": pose, "blink": blink,
             "face": np.array(bool(clip.face[driving])),
         }  # fmt: skip

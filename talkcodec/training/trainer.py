@@ -154,30 +154,34 @@ class Trainer:
         source = str(self.run_dir / "checkpoint")
         load_module(self.model, tensors, source, "model.")
         load_module(self.critic, tensors, source, "critic.")
-        load_optimizer(self.opt_g, tensors, info["opt_g"], "opt_g")
-        load_optimizer(self.opt_d, tensors, info["opt_d"], "opt_d")
-        self.step, self.history = int(info["step"]), list(info.get("history", []))
-        self.train_seconds = float(info.get("train_seconds", 0.0))
+        try:
+            load_optimizer(self.opt_g, tensors, info["opt_g"], "opt_g")
+            load_optimizer(self.opt_d, tensors, info["opt_d"], "opt_d")
+            self.step, self.history = int(info["step"]), list(info.get("history", []))
+            self.train_seconds = float(info.get("train_seconds", 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{source}: malformed checkpoint ({exc!r})") from None
+        for optimizer in (self.opt_g, self.opt_d):  # settings given now win over the saved ones
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = self.config.lr, tuple(self.config.betas)
 
     def coding(self) -> VectorCoding:
         """Quantization steps and entropy-coder scales of the vector the codec sends, fitted
         on the training frames (consecutive runs of each clip)."""
         from ..codecs import apb, avfr
 
-        tracks: list[np.ndarray] = []
         train_ranges, _, _ = split_ranges(self.clips, Split(tuple(self.config.held_out), self.config.tail))
+        runs = [(c, run) for c, a, b in train_ranges for run in _face_runs(self.clips[c].face, a, b)]
         if self.config.codec == "apb":
-            for c, a, b in train_ranges:
-                clip = self.clips[c]
-                tracks.append(np.stack([apb.pose_blink_vector(clip.pose[i], clip.blink[i]) for i in range(a, b) if clip.face[i]]))
+            tracks = [np.stack([apb.pose_blink_vector(self.clips[c].pose[i], self.clips[c].blink[i]) for i in run]) for c, run in runs]
             return VectorCoding.fit(tracks, apb.CODING_STEP)
         plain = PairDataset(self.clips, self.size, self.mel, pairs=[], structure=True)
         self.model.eval()
+        tracks = []
         with torch.inference_mode():
-            for c, a, b in train_ranges:
-                frames = [i for i in range(a, min(b, a + 100))]  # 4 s of each clip is plenty
+            for c, run in runs:
                 vectors = []
-                for i in frames:
+                for i in run[:100]:  # 4 s of each run is plenty
                     s = plain.frame(c, i)
                     kp = self.model.keypoints(s["image"][None].to(self.device), s["mesh"][None].to(self.device), s["mask"][None].to(self.device))
                     vectors.append(avfr.keypoint_vector(kp))
@@ -316,6 +320,17 @@ class Trainer:
             for entry in self.history:
                 f.write(json.dumps(entry) + "\n")
         _plot(self.history, self.run_dir / "curve.png", self.config.codec)
+
+
+def _face_runs(face: np.ndarray, first: int, end: int, min_length: int = 2) -> list[list[int]]:
+    """Runs of consecutive frames with a face in [first, end)."""
+    runs: list[list[int]] = [[]]
+    for i in range(first, end):
+        if face[i]:
+            runs[-1].append(i)
+        elif runs[-1]:
+            runs.append([])
+    return [r for r in runs if len(r) >= min_length]
 
 
 def export_weights(path: str | Path, codec: str, model: torch.nn.Module, coding: VectorCoding, mel: MelSettings,
