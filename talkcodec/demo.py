@@ -82,7 +82,7 @@ def run_demo(
         return np.hstack([label(original, "original"), label(decoded, caption)])
 
     try:
-        report.decoded = decode_file(tkc, video, progress=progress, compose=compose)
+        report.decoded = decode_file(tkc, video, progress=progress, compose=compose, settings=settings)
     finally:
         originals.close()
         crops_path.unlink(missing_ok=True)

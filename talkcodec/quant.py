@@ -192,10 +192,16 @@ class VectorStream:
             self._delta_coders[row] = LaplaceCoder(self.coding.delta_scale[row])
         return self._delta_coders[row]
 
-    def encode_key(self, symbols: np.ndarray) -> bytes:
+    def encode_key(self, symbols: np.ndarray, base: np.ndarray | None = None) -> bytes:
+        """A key alone: against the typical values, or, with ``base`` (the symbols of the
+        reference the key is drawn over, which the receiver has), as a far delta from it."""
+        if base is not None:
+            return self.delta_coder(MAX_KEY_DISTANCE).encode(symbols - base)
         return self.key_coder.encode(symbols - self.centre)
 
-    def decode_key(self, payload: bytes) -> np.ndarray:
+    def decode_key(self, payload: bytes, base: np.ndarray | None = None) -> np.ndarray:
+        if base is not None:
+            return self.delta_coder(MAX_KEY_DISTANCE).decode(payload) + base
         return self.key_coder.decode(payload) + self.centre
 
     def encode_delta(self, symbols: np.ndarray, key_symbols: np.ndarray, distance: int) -> bytes:

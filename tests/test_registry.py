@@ -16,7 +16,7 @@ def test_list_and_get():
 
 
 def test_unknown_codec_names_the_available_ones():
-    with pytest.raises(UnknownCodecError, match="available: mesh"):
+    with pytest.raises(UnknownCodecError, match="available: apb, avfr, mesh"):
         talkcodec.get_codec("h265")
 
 

@@ -47,7 +47,7 @@ class APBCodec(LearnedCodec):
         assert observation.pose is not None and observation.blink is not None
         return pose_blink_vector(observation.pose, observation.blink)
 
-    def prepare(self, image: np.ndarray, extras: dict[str, Any]) -> Any:
+    def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
         with torch.inference_mode():
             return self.network.prepare(to_tensor(image, self.network.config.size, self.device))
 

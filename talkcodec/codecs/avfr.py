@@ -2,7 +2,8 @@
 
 Sender: face crop + mesh raster + person mask -> keypoint detector -> 10 x (x, y) + 10 x 2x2
 jacobians = 60 values -> quantized, range-coded (key / delta). The reference packet also
-carries the reference's own keypoints (float16), so a receiver never runs the detector.
+carries the reference's own keypoints (float16): a receiver never runs the detector, and keys
+are coded as differences from them.
 Receiver: reference -> generator features once; per frame: dense motion from the keypoint
 pair, the log-mel window of the heard audio (200 ms centred on the frame), the identity-aware
 generator -> 256x256 (networks of another size are resized).
@@ -10,6 +11,7 @@ generator -> 256x256 (networks of another size are resized).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -20,10 +22,12 @@ from ..errors import PacketError
 from ..face import CROP_SIZE, FaceObservation, rasterize_mesh
 from ..models.avfr import AVFRConfig, AVFRModel
 from ..registry import register_codec
-from .learned import LearnedCodec, to_image, to_tensor
+from .learned import LearnedCodec, LearnedSettings, to_image, to_tensor
 
-VALUE_STEP = 2 / 256  # one 256-px crop pixel, in [-1, 1] keypoint units
-JACOBIAN_STEP = 0.02
+# Steps: 4 crop pixels and 0.08 for jacobians. On vr_face2 with the CPU-trained model, halving
+# both (2 px, 0.04) cost +1.0 kbps for +0.07 dB PSNR (docs/TRAINING.md).
+VALUE_STEP = 8 / 256  # in [-1, 1] keypoint units over a 256-px crop
+JACOBIAN_STEP = 0.08
 MASK_SIZE = 64  # the person mask reaches the detector through this resolution (the training cache's)
 
 
@@ -74,9 +78,16 @@ def coding_step(num_kp: int) -> np.ndarray:
     return np.concatenate([np.full(2 * num_kp, VALUE_STEP), np.full(4 * num_kp, JACOBIAN_STEP)])
 
 
+@dataclass(frozen=True)
+class AVFRSettings(LearnedSettings):
+    key_interval: int = 8  # keys are coded against the reference's keypoints: cheap, so frequent
+
+
 @register_codec("avfr")
 class AVFRCodec(LearnedCodec):
-    """Learned keypoints (AVFR-GAN): ~2-3 kbps; needs trained weights."""
+    """Learned keypoints (AVFR-GAN): ~3 kbps; needs trained weights."""
+
+    Settings = AVFRSettings
 
     segmentation = True
 
@@ -109,14 +120,7 @@ class AVFRCodec(LearnedCodec):
         assert observation.landmarks is not None
         return keypoint_vector(self.detect(observation.crop, observation.landmarks, observation.mask))
 
-    def reference_extras(self, observation: FaceObservation, vector: np.ndarray | None) -> dict[str, Any]:
-        return {} if vector is None else {"keypoints": vector.astype("<f2").tobytes()}
-
-    def prepare(self, image: np.ndarray, extras: dict[str, Any]) -> Any:
-        raw, width = extras.get("keypoints"), 6 * self.config.num_kp
-        if not isinstance(raw, bytes) or len(raw) != 2 * width:
-            raise PacketError("avfr reference packet with malformed keypoints")
-        vector = np.frombuffer(raw, dtype="<f2").astype(np.float64)
+    def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
         kp_source = vector_keypoints(vector, self.config.num_kp, self.device)
         with torch.inference_mode():
             features = self.network.prepare(to_tensor(image, self.config.size, self.device))

@@ -73,6 +73,16 @@ def _load_current(path: str, codec: str) -> Weights:
     return _load(path, codec, stat.st_mtime_ns, stat.st_size)
 
 
+def reference_vector(raw: Any, size: int) -> np.ndarray:
+    """The reference's own vector from its packet (float16 little-endian)."""
+    if not isinstance(raw, bytes) or len(raw) != 2 * size:
+        raise PacketError("reference packet with a malformed vector")
+    vector = np.frombuffer(raw, dtype="<f2").astype(np.float64)
+    if not np.isfinite(vector).all():
+        raise PacketError("reference vector is not finite")
+    return vector
+
+
 def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, size, size) float in [0, 1]."""
     if image.shape[0] != size or image.shape[1] != size:
@@ -153,13 +163,10 @@ class LearnedCodec(Codec):
     def vector(self, observation: FaceObservation) -> np.ndarray:
         """Sender: the float vector this frame sends (the observation has a face)."""
 
-    def reference_extras(self, observation: FaceObservation, vector: np.ndarray | None) -> dict[str, Any]:
-        """Sender: what the reference packet carries besides the image."""
-        return {}
-
     @abstractmethod
-    def prepare(self, image: np.ndarray, extras: dict[str, Any]) -> Any:
-        """Receiver: per-reference state (encoded features), computed once per reference."""
+    def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
+        """Receiver: per-reference state (encoded features) from the reference image and its
+        own vector, computed once per reference."""
 
     @abstractmethod
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
@@ -181,6 +188,7 @@ class LearnedEncoder(Encoder):
         self.last_observation: FaceObservation | None = None
         self._seq, self._ref_id = 0, -1
         self._ref_pose: np.ndarray | None = None
+        self._base: np.ndarray | None = None  # symbols of the reference's vector: keys are coded against them
         self._want_reference = False
 
     def request_key(self) -> None:
@@ -196,9 +204,12 @@ class LearnedEncoder(Encoder):
             "precision": self.settings.precision,
             "model": self.codec.weights.fingerprint,
             "face": vector is not None,
-            **self.codec.reference_extras(observation, vector),
         }
         self._ref_pose = observation.pose if vector is not None else None
+        self._base = None
+        if vector is not None:
+            meta["vector"] = vector.astype("<f2").tobytes()  # the reference's own values, float16
+            self._base = self.codec.stream.quantizer.quantize(reference_vector(meta["vector"], len(vector)))
         return Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id)
 
     def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
@@ -216,7 +227,7 @@ class LearnedEncoder(Encoder):
             self._want_reference, self.packets.want_key = False, True
         stream = self.codec.stream
         symbols = None if vector is None else stream.quantizer.quantize(vector)
-        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, stream))
+        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, stream, self._base))
         self._seq += 1
         return packets
 
@@ -267,11 +278,13 @@ class LearnedDecoder(StreamDecoder):
             image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
         if not meta.get("face"):
             return _Reference(image, None)
+        vector = reference_vector(meta.get("vector"), codec.vector_size())
+        stream = self._stream(float(precision))
         try:
-            state = codec.prepare(image, meta)
+            state = codec.prepare(image, vector)
         except RuntimeError as exc:  # the network refused these inputs
             raise PacketError(f"{codec.name} reference the network cannot use ({exc})") from None
-        return _Reference(image, self._stream(float(precision)), state)
+        return _Reference(image, stream, base=stream.quantizer.quantize(vector), state=state)
 
     def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
         assert isinstance(reference, _Reference) and reference.stream is not None

@@ -187,8 +187,8 @@ class MeshDecoder(StreamDecoder):
             raise PacketError("mesh reference landmarks out of range")
         stream = self._stream(k, float(precision))
         params = stream.quantizer.dequantize(np.clip(np.array(symbols), -(1 << 14), 1 << 14))
-        return _Reference(image, stream, landmarks, self.mesh.model.residual(landmarks, params),
-                          polygon_area(landmarks[list(INNER_LIPS), :2]))  # fmt: skip
+        return _Reference(image, stream, landmarks=landmarks, residual=self.mesh.model.residual(landmarks, params),
+                          mouth_area=polygon_area(landmarks[list(INNER_LIPS), :2]))  # fmt: skip
 
     def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
         assert isinstance(reference, _Reference) and reference.stream is not None and reference.landmarks is not None

@@ -34,11 +34,13 @@ class FramePacketizer:
         self._key_seq = -1
         self._key_symbols: np.ndarray | None = None
 
-    def packet(self, seq: int, ref_id: int, symbols: np.ndarray | None, stream: VectorStream) -> Packet:
-        """The frame packet of ``symbols`` (None: no face) at ``seq``, drawn over ``ref_id``."""
+    def packet(self, seq: int, ref_id: int, symbols: np.ndarray | None, stream: VectorStream,
+               base: np.ndarray | None = None) -> Packet:  # fmt: skip
+        """The frame packet of ``symbols`` (None: no face) at ``seq``, drawn over ``ref_id``;
+        keys are coded against ``base`` (the reference's own symbols) when given."""
         distance = seq - self._key_seq
         if self.want_key or self._key_symbols is None or distance >= self.key_interval:
-            payload = b"" if symbols is None else stream.encode_key(symbols)
+            payload = b"" if symbols is None else stream.encode_key(symbols, base)
             self._key_seq, self._key_symbols, self.want_key = seq, symbols, False
             return Packet(self.codec_id, PacketKind.FRAME, seq, payload, key=True, ref_id=ref_id, fps=self.fps)
         payload = b"" if symbols is None else stream.encode_delta(symbols, self._key_symbols, distance)
@@ -49,6 +51,7 @@ class FramePacketizer:
 class StreamReference:
     image: np.ndarray  # (256, 256, 3) uint8 as received
     stream: VectorStream | None  # how its frames are coded; None: no face in it (frames hold)
+    base: np.ndarray | None = None  # the reference's own symbols, which keys are coded against
 
 
 class StreamDecoder(Decoder):
@@ -117,7 +120,7 @@ class StreamDecoder(Decoder):
                 self._needs_key = False
                 return self._emit(None, packet.seq, False)  # no face: hold
             try:
-                self._key_symbols = self._ref.stream.decode_key(packet.payload)
+                self._key_symbols = self._ref.stream.decode_key(packet.payload, self._ref.base)
             except PacketError:
                 self._needs_key = True  # a corrupt key: its deltas cannot decode either
                 raise
