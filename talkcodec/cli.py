@@ -1,4 +1,4 @@
-"""The ``talkcodec`` command: encode | decode | info | demo | call | bench | train | fit-mesh.
+"""The ``talkcodec`` command: encode | decode | info | demo | call | bench | train | enroll | fit-mesh.
 
 Every subcommand is ``main(argv)``-callable (tests use that); user mistakes end in one line on
 stderr and exit status 2, never a traceback.
@@ -119,6 +119,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     figures = {name: {k: round(v, 4) for k, v in m.items()} for name, m in (last.get("validation") or {}).items()}
     print(f"{args.out}: step {last['step']}, validation {json.dumps(figures)}")
     print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set weights=...)")
+
+
+def cmd_enroll(args: argparse.Namespace) -> None:
+    from .training.enroll import enroll
+
+    before, after = enroll(args.codec, args.video, args.out, args.weights, args.steps, args.device, not args.quiet,
+                           _parse_settings(args.set))  # fmt: skip
+    for name, figures in (("base weights", before), ("personal weights", after)):
+        print(f"{name:>16}: L1 {figures['l1']:.4f}  PSNR {figures['psnr']:.2f} dB  SSIM {figures['ssim']:.3f}  "
+              f"landmarks {figures['landmark']:.3f}  (last 20 % of the video)")  # fmt: skip
+    print(f"{args.out}: use it on both sides with --set weights={args.out}")
 
 
 def cmd_fit_mesh(args: argparse.Namespace) -> None:
@@ -281,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="other training settings, e.g. lr=1e-4, gan_start=500, losses={\"l1\":50}")
     common(p)
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("enroll", help="fine-tune a learned codec on your own footage (a personal weights file)")
+    p.add_argument("--codec", required=True, choices=["avfr", "apb"])
+    p.add_argument("--video", required=True, help="a video of you talking: the first 80 %% trains, the rest measures")
+    p.add_argument("--out", required=True, help="the personal .safetensors to write")
+    p.add_argument("--weights", help="weights to start from (default: the ones shipped with talkcodec)")
+    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps of 4 pairs (default 150)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training settings, e.g. lr=1e-4")
+    common(p)
+    p.set_defaults(run=cmd_enroll)
 
     p = sub.add_parser("fit-mesh", help="(maintainers) fit the mesh codec's shape model on videos")
     p.add_argument("videos", nargs="+")

@@ -61,7 +61,7 @@ def test_truncated_stream_decodes_up_to_the_damage(encoded, tmp_path, capsys):
         (lambda p: p.write_bytes(b"\x00" * 100), ["decode", "{p}", "-q"], "not a .tkc file"),
         (lambda p: p.write_bytes(b"TKC\x00\x07"), ["info", "{p}"], "version 7"),
         (lambda p: None, ["demo", "--codec", "h265", "-q"], "available: apb, avfr, mesh"),
-        (lambda p: None, ["demo", "--codec", "apb", "-q"], "talkcodec train --codec apb"),
+        (lambda p: None, ["demo", "--codec", "apb", "--set", "weights={p}", "-q"], "no such weights file"),
         (lambda p: p.write_bytes(b"\x00" * 64), ["demo", "--codec", "avfr", "--set", "weights={p}", "-q"], "not a talkcodec weights file"),
         (lambda p: None, ["encode", "{p}", "--set", "precision", "-q"], "key=value"),
     ],

@@ -46,10 +46,15 @@ def learned(request, tmp_path_factory, sample_video):
     return name, path, wires
 
 
-def test_without_weights_the_codec_says_how_to_get_them():
-    for name in ("avfr", "apb"):
-        with pytest.raises(WeightsError, match=f"talkcodec train --codec {name}"):
-            talkcodec.get_codec(name)
+@pytest.mark.parametrize("name", ["avfr", "apb"])
+def test_without_weights_the_codec_says_how_to_get_them(name, monkeypatch):
+    import talkcodec.codecs.learned as learned
+
+    monkeypatch.setattr(learned, "shipped_weights", lambda codec: None)  # an installation without them
+    with pytest.raises(WeightsError, match=f"talkcodec train --codec {name}"):
+        talkcodec.get_codec(name)
+    with pytest.raises(WeightsError, match="no such weights file"):
+        talkcodec.get_codec(name, weights="/nonexistent/weights.safetensors")
 
 
 def test_encode_packets_decode_roundtrip(learned, sample_video):

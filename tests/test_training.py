@@ -98,3 +98,19 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["train", "--codec", "apb", "--out", str(tmp_path / "r"), "--cache", str(tmp_path), "--set", "bogus=1"]) == 2
     assert "unknown training setting" in capsys.readouterr().err
+
+
+def test_enroll_fine_tunes_given_weights_on_one_video(cache, sample_video, tmp_path, capsys):
+    base = tmp_path / "base"
+    train(base, {"codec": "apb", "model": "tiny", "epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "held_out": []},
+          cache_dir=cache[0], progress=False)  # fmt: skip
+    out = tmp_path / "me.safetensors"
+    args = ["enroll", "--codec", "apb", "--video", str(sample_video), "--out", str(out), "--weights",
+            str(base / "weights.safetensors"), "--steps", "3", "--device", "cpu", "-q", "--set", "max_seconds_per_clip=2"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "base weights" in printed and "personal weights" in printed
+    personal = talkcodec.get_codec("apb", weights=str(out))
+    assert personal.weights.info["step"] == 3 and personal.weights.info["trained_on"] == ["sample"]
+    base_tensors = talkcodec.get_codec("apb", weights=str(base / "weights.safetensors")).weights.tensors
+    assert any(not torch.equal(base_tensors[k], v) for k, v in personal.weights.tensors.items() if k.startswith("model."))

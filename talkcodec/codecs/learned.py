@@ -110,7 +110,7 @@ class LearnedCodec(Codec):
         path = self.settings.weights or shipped_weights(self.name)
         if path is None:
             raise WeightsError(
-                f"the {self.name!r} codec needs trained weights and none ship with this talkcodec yet: train them with "
+                f"the {self.name!r} codec needs trained weights and this installation has none: train them with "
                 f"`talkcodec train --codec {self.name} --data CLIPS_DIR --out RUN_DIR` and pass "
                 f"weights=RUN_DIR/weights.safetensors (CLI: --set weights=RUN_DIR/weights.safetensors)"
             )

@@ -32,6 +32,7 @@ from ..weights import (
     load_checkpoint,
     load_module,
     load_optimizer,
+    load_weights,
     module_tensors,
     optimizer_tensors,
     save_checkpoint,
@@ -62,6 +63,7 @@ class TrainConfig:
     workers: int = -1  # data-loading processes; -1: 0 on CPU, 8 on CUDA
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     max_seconds_per_clip: float | None = None  # cache only the start of each clip
+    init: str | None = None  # a weights file to start from (its network config wins over `model`)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -95,11 +97,16 @@ class Trainer:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.device = resolve_device(device)
         kind = OBJECTIVES[config.codec]
+        start = load_weights(config.init, config.codec) if config.init and model_config is None else None
         try:
+            if start is not None:
+                model_config = type(kind.preset("tiny")).from_dict(start.config)
             model_config = model_config or kind.preset(config.model)
             self.objective: Objective = kind(model_config, config.losses)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise TalkcodecError(str(exc)) from None
+        if start is not None:
+            load_module(self.objective.model, start.tensors, start.path, "model.")
         self.model_config = model_config
         self.mel = _mel(config, model_config)
         self.size: int = model_config.size
