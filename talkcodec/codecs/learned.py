@@ -23,15 +23,15 @@ import cv2
 import numpy as np
 import torch
 
-from ..api import Codec, Encoder
+from ..api import Codec
 from ..audio import AudioTimeline, MelSettings
 from ..device import resolve_device
 from ..errors import PacketError, TalkcodecError, WeightsError
-from ..face import CROP_SIZE, CropSettings, FaceObservation, FaceTracker
-from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
+from ..face import CROP_SIZE, FaceObservation
+from ..packet import Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
 from ..weights import Weights, load_module, load_weights
-from .stream import FramePacketizer, StreamDecoder, StreamReference
+from .stream import StreamDecoder, StreamEncoder, StreamReference
 
 
 @dataclass(frozen=True)
@@ -180,59 +180,28 @@ class LearnedCodec(Codec):
         return LearnedDecoder(self, reference)
 
 
-class LearnedEncoder(Encoder):
+class LearnedEncoder(StreamEncoder):
     def __init__(self, codec: LearnedCodec, fps: Fraction):
-        self.codec, self.settings = codec, codec.settings
-        self.tracker = FaceTracker(CropSettings(track=self.settings.crop), segmentation=codec.segmentation)
-        self.packets = FramePacketizer(codec.codec_id, self.settings.key_interval, fps)
-        self.last_observation: FaceObservation | None = None
-        self._seq, self._ref_id = 0, -1
-        self._ref_pose: np.ndarray | None = None
-        self._base: np.ndarray | None = None  # symbols of the reference's vector: keys are coded against them
-        self._want_reference = False
+        super().__init__(codec, fps, codec.settings, segmentation=codec.segmentation)
+        self.learned = codec
+        self.stream = codec.stream
 
-    def request_key(self) -> None:
-        self.packets.want_key = True
+    def symbols(self, observation: FaceObservation) -> np.ndarray:
+        self._vector = self.learned.vector(observation)  # kept for a reference packet of this frame
+        return self.stream.quantizer.quantize(self._vector)
 
-    def request_reference(self) -> None:
-        self._want_reference = True
+    def head_angles(self, observation: FaceObservation, symbols: np.ndarray) -> np.ndarray:
+        assert observation.pose is not None
+        return observation.pose  # yaw, pitch, roll
 
-    def _reference_packet(self, observation: FaceObservation, vector: np.ndarray | None) -> Packet:
-        self._ref_id = (self._ref_id + 1) % 256
-        meta: dict[str, Any] = {
-            "image": encode_image(observation.crop, self.settings.reference_format, self.settings.reference_quality),
-            "precision": self.settings.precision,
-            "model": self.codec.weights.fingerprint,
-            "face": vector is not None,
-        }
-        self._ref_pose = observation.pose if vector is not None else None
-        self._base = None
-        if vector is not None:
-            meta["vector"] = vector.astype("<f2").tobytes()  # the reference's own values, float16
-            self._base = self.codec.stream.quantizer.quantize(reference_vector(meta["vector"], len(vector)))
-        return Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id)
-
-    def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
-        observation = self.tracker.process(frame)
-        self.last_observation = observation
-        vector = None if observation.landmarks is None else self.codec.vector(observation)
-        turned = (
-            observation.pose is not None and self._ref_pose is not None
-            and np.abs(observation.pose - self._ref_pose).max() > self.settings.refresh_degrees
-        )  # fmt: skip
-        found_again = vector is not None and self._ref_pose is None
-        packets: list[Packet] = []
-        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
-            packets.append(self._reference_packet(observation, vector))
-            self._want_reference, self.packets.want_key = False, True
-        stream = self.codec.stream
-        symbols = None if vector is None else stream.quantizer.quantize(vector)
-        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, stream, self._base))
-        self._seq += 1
-        return packets
-
-    def close(self) -> None:
-        self.tracker.close()
+    def reference_meta(self, observation: FaceObservation, symbols: np.ndarray | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"precision": self.settings.precision, "model": self.learned.weights.fingerprint,
+                                "face": symbols is not None}  # fmt: skip
+        self.key_base = None
+        if symbols is not None:
+            meta["vector"] = self._vector.astype("<f2").tobytes()  # the reference's own values, float16
+            self.key_base = self.stream.quantizer.quantize(reference_vector(meta["vector"], len(self._vector)))
+        return meta
 
 
 @dataclass

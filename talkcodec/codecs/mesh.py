@@ -23,15 +23,15 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ..api import Codec, Encoder
+from ..api import Codec
 from ..errors import PacketError, TalkcodecError
-from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, CropSettings, FaceObservation, FaceTracker
-from ..packet import Packet, PacketKind, decode_image, encode_image, pack, unpack
+from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation
+from ..packet import Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
 from ..registry import register_codec
 from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
 from .mesh_model import MAX_COEFFICIENTS, POSE_PARAMS, ShapeModel
-from .stream import FramePacketizer, StreamDecoder, StreamReference
+from .stream import StreamDecoder, StreamEncoder, StreamReference
 
 
 @dataclass(frozen=True)
@@ -88,60 +88,25 @@ class MeshCodec(Codec):
         return MeshDecoder(self, reference)
 
 
-class MeshEncoder(Encoder):
+class MeshEncoder(StreamEncoder):
     def __init__(self, codec: MeshCodec, fps: Fraction):
-        self.codec, self.settings = codec, codec.settings
-        self.stream = mesh_stream(codec.model, self.settings.coefficients, self.settings.precision)
-        self.tracker = FaceTracker(CropSettings(track=self.settings.crop), segmentation=False)
-        self.packets = FramePacketizer(codec.codec_id, self.settings.key_interval, fps)
-        self.last_observation: FaceObservation | None = None
-        self._seq = 0
-        self._ref_id = -1
-        self._ref_rotation: np.ndarray | None = None  # rotation vector of the current reference
-        self._want_reference = False
+        super().__init__(codec, fps, codec.settings)
+        self.mesh = codec
+        self.stream = mesh_stream(codec.model, codec.settings.coefficients, codec.settings.precision)
 
-    def request_key(self) -> None:
-        self.packets.want_key = True
+    def symbols(self, observation: FaceObservation) -> np.ndarray:
+        assert observation.landmarks is not None
+        return self.stream.quantizer.quantize(self.mesh.model.analyse(observation.landmarks, self.settings.coefficients))
 
-    def request_reference(self) -> None:
-        self._want_reference = True
+    def head_angles(self, observation: FaceObservation, symbols: np.ndarray) -> np.ndarray:
+        return self.stream.quantizer.dequantize(symbols)[:3]  # the rotation vector, degrees
 
-    def _reference_packet(self, observation: FaceObservation, symbols: np.ndarray | None) -> Packet:
-        self._ref_id = (self._ref_id + 1) % 256
-        meta: dict[str, object] = {
-            "image": encode_image(observation.crop, self.settings.reference_format, self.settings.reference_quality),
-            "k": self.settings.coefficients,
-            "precision": self.settings.precision,
-        }
+    def reference_meta(self, observation: FaceObservation, symbols: np.ndarray | None) -> dict[str, object]:
+        meta: dict[str, object] = {"k": self.settings.coefficients, "precision": self.settings.precision}
         if observation.landmarks is not None and symbols is not None:
             meta["landmarks"] = observation.landmarks.astype("<f2").tobytes()  # (478, 3) float16
             meta["symbols"] = symbols.tolist()
-        self._ref_rotation = None if symbols is None else self.stream.quantizer.dequantize(symbols)[:3]
-        return Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id)
-
-    def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
-        observation = self.tracker.process(frame)
-        self.last_observation = observation
-        quantizer = self.stream.quantizer
-        symbols = None
-        if observation.landmarks is not None:
-            symbols = quantizer.quantize(self.codec.model.analyse(observation.landmarks, self.settings.coefficients))
-        packets: list[Packet] = []
-        turned = (
-            symbols is not None
-            and self._ref_rotation is not None
-            and np.abs(quantizer.dequantize(symbols)[:3] - self._ref_rotation).max() > self.settings.refresh_degrees
-        )
-        found_again = symbols is not None and self._ref_rotation is None
-        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
-            packets.append(self._reference_packet(observation, symbols))
-            self._want_reference, self.packets.want_key = False, True
-        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, self.stream))
-        self._seq += 1
-        return packets
-
-    def close(self) -> None:
-        self.tracker.close()
+        return meta
 
 
 @dataclass

@@ -14,12 +14,14 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
-from ..api import Codec, Decoder, Frame
+from ..api import Codec, Decoder, Encoder, Frame
 from ..errors import PacketError
-from ..packet import Packet, PacketKind
+from ..face import CropSettings, FaceObservation, FaceTracker
+from ..packet import Packet, PacketKind, encode_image, pack
 from ..quant import VectorStream
 
 MAX_REFERENCES = 4  # a decoder keeps the few most recent references
@@ -45,6 +47,69 @@ class FramePacketizer:
             return Packet(self.codec_id, PacketKind.FRAME, seq, payload, key=True, ref_id=ref_id, fps=self.fps)
         payload = b"" if symbols is None else stream.encode_delta(symbols, self._key_symbols, distance)
         return Packet(self.codec_id, PacketKind.FRAME, seq, payload, key_distance=distance)
+
+
+class StreamEncoder(Encoder):
+    """Sender side shared by the codecs: the face front end, reference ids, key and reference
+    requests, and when to send a new reference (first frame, moved crop, request, face found
+    again, head turned ``refresh_degrees`` from the reference's). Subclasses say what a frame
+    sends. ``settings`` needs key_interval, crop, refresh_degrees, reference_format/quality."""
+
+    stream: VectorStream
+    key_base: np.ndarray | None = None  # what keys are coded against (None: the typical values)
+
+    def __init__(self, codec: Codec, fps: Fraction, settings: Any, segmentation: bool = False):
+        self.codec, self.settings = codec, settings
+        self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=segmentation)
+        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps)
+        self.last_observation: FaceObservation | None = None
+        self._seq, self._ref_id = 0, -1
+        self._ref_angles: np.ndarray | None = None  # head angles of the current reference; None: no face in it
+        self._want_reference = False
+
+    @abstractmethod
+    def symbols(self, observation: FaceObservation) -> np.ndarray:
+        """The quantized symbols of a frame with a face."""
+
+    @abstractmethod
+    def head_angles(self, observation: FaceObservation, symbols: np.ndarray) -> np.ndarray:
+        """Head orientation in degrees (any fixed convention): drives the reference refresh."""
+
+    @abstractmethod
+    def reference_meta(self, observation: FaceObservation, symbols: np.ndarray | None) -> dict[str, Any]:
+        """What a new reference packet carries besides its image (``symbols`` None: no face)."""
+
+    def request_key(self) -> None:
+        self.packets.want_key = True
+
+    def request_reference(self) -> None:
+        self._want_reference = True
+
+    def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
+        observation = self.tracker.process(frame)
+        self.last_observation = observation
+        symbols = None if observation.landmarks is None else self.symbols(observation)
+        angles = None if symbols is None else self.head_angles(observation, symbols)
+        turned = (
+            angles is not None and self._ref_angles is not None
+            and np.abs(angles - self._ref_angles).max() > self.settings.refresh_degrees
+        )  # fmt: skip
+        found_again = symbols is not None and self._ref_angles is None
+        packets: list[Packet] = []
+        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
+            self._ref_id = (self._ref_id + 1) % 256
+            settings = self.settings
+            meta = {"image": encode_image(observation.crop, settings.reference_format, settings.reference_quality),
+                    **self.reference_meta(observation, symbols)}  # fmt: skip
+            packets.append(Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id))
+            self._ref_angles = angles
+            self._want_reference, self.packets.want_key = False, True
+        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, self.stream, self.key_base))
+        self._seq += 1
+        return packets
+
+    def close(self) -> None:
+        self.tracker.close()
 
 
 @dataclass
