@@ -202,3 +202,17 @@ def test_hostile_keypoints_are_a_packet_error(damage):
     vector_keypoints(np.concatenate([np.zeros(20), np.tile([1.0, 0.0, 0.0, 1.0], 10)]), 10, torch.device("cpu"))
     with pytest.raises(PacketError):
         vector_keypoints(vector, 10, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["avfr", "apb"])
+def test_shipped_weights_load_by_default_and_draw_the_sample(name, sample_video):
+    codec = talkcodec.get_codec(name)  # no weights given: the ones shipped with talkcodec
+    assert codec.weights.path.endswith(f"data/{name}.safetensors") and codec.weights.info["step"] > 0
+    encoder, decoder = codec.encoder(fps=25), codec.decoder()
+    frames = []
+    for rgb in read_frames(sample_video, fps=25, max_seconds=0.4):
+        for packet in encoder.encode(rgb):
+            frames += decoder.decode(Packet.from_bytes(packet.to_bytes()))
+    encoder.close()
+    crop = encoder.last_observation.crop.astype(np.float32)
+    assert len(frames) == 10 and np.abs(frames[-1].image.astype(np.float32) - crop).mean() < 40  # the face, not noise
