@@ -11,17 +11,7 @@ from torch import nn
 
 from .adaconv_reenactor import AdaConvReenactor, ReenactorConfig
 from .apb_fuser import AudioAwareFuser, FuserConfig
-
-
-def _build(cls: type, d: dict[str, Any]) -> Any:
-    """A flat dataclass from a dict: unknown keys are refused, lists become tuples."""
-    if not isinstance(d, dict):
-        raise TypeError(f"{cls.__name__}: expected a dict, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+from .config import config_from_dict
 
 
 @dataclass
@@ -41,17 +31,8 @@ class APBConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> APBConfig:
-        unknown = set(d) - {"size", "fuser", "reenactor"}
-        if unknown:
-            raise ValueError(f"APBConfig: unknown keys {sorted(unknown)}")
-        kwargs: dict[str, Any] = {}
-        if "size" in d:
-            kwargs["size"] = d["size"]
-        if "fuser" in d:
-            kwargs["fuser"] = _build(FuserConfig, d["fuser"])
-        if "reenactor" in d:
-            kwargs["reenactor"] = _build(ReenactorConfig, d["reenactor"])
-        return cls(**kwargs)
+        """Inverse of ``to_dict``; lists become tuples; unknown keys raise ValueError."""
+        return config_from_dict(cls, d)
 
     @classmethod
     def small(cls) -> APBConfig:

@@ -15,6 +15,7 @@ from torch import nn
 
 from .audio_encoder import AudioEncoder, AudioEncoderConfig
 from .avfr_generator import AVFRGenerator, GeneratorConfig, SourceFeatures
+from .config import config_from_dict
 from .dense_motion import DenseMotionConfig, DenseMotionNetwork
 from .keypoint_detector import KeypointDetector, KeypointDetectorConfig
 
@@ -58,7 +59,7 @@ class AVFRConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AVFRConfig:
         """Inverse of ``to_dict``; lists become tuples; unknown keys raise ValueError, non-dicts TypeError."""
-        return _from_dict(cls, d)
+        return config_from_dict(cls, d)
 
     @classmethod
     def small(cls) -> AVFRConfig:
@@ -90,25 +91,6 @@ class AVFRConfig:
                 block_expansion=4, max_features=8, num_bottleneck=1, audio_channels=4, query_channels=8, spade_hidden=4
             ),
         )
-
-
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from a dict, recursing into fields whose default factory is a dataclass."""
-    if not isinstance(d, dict):
-        raise TypeError(f"{cls.__name__}: expected a dict, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
-    kwargs = {}
-    for name, value in d.items():
-        factory = fields[name].default_factory
-        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
-            value = _from_dict(factory, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
 
 
 class AVFRModel(nn.Module):
