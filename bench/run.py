@@ -10,6 +10,7 @@ parallel worker processes. The report (``results.json``, ``results.md``, ``rd.pn
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -33,10 +34,16 @@ DEFAULT_CODECS = ("x264", "x265", "vp8", "vp9", "av1", "mesh")
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder otherwise
 
 
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str) -> str:
+    """First 8 hex digits of a file's SHA-256 (read once per run, not once per cell)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
 def setting_label(setting: dict[str, Any]) -> str:
     shown = {k: v for k, v in setting.items() if k != "weights"}  # a path is not a setting's name: its content is
     if "weights" in setting:
-        shown["model"] = hashlib.sha256(Path(setting["weights"]).read_bytes()).hexdigest()[:8]
+        shown["model"] = _file_digest(setting["weights"])
     return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(shown.items()))
 
 

@@ -170,11 +170,6 @@ class PairDataset(torch.utils.data.Dataset):
         source, driving = rng.choice(candidates, 2)
         return clip_index, int(source), int(driving)
 
-    def frame(self, clip_index: int, index: int) -> dict[str, torch.Tensor]:
-        """One frame's network inputs (no augmentation): image, mesh, mask."""
-        f = frame_input(self.clips[clip_index], index, self.size, None, None, self.structure)
-        return {"image": torch.from_numpy(f.image), "mesh": torch.from_numpy(f.mesh), "mask": torch.from_numpy(f.mask)}
-
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, item))
         clip_index, source, driving = self.pairs[item] if self.pairs is not None else self._pick(rng)

@@ -46,6 +46,12 @@ class Objective(ABC):
     flip: ClassVar[bool]  # horizontal flips keep the targets valid
     needs_audio: ClassVar[bool]  # train only on clips with audio
     presets: ClassVar[dict[str, Any]]
+    config_class: ClassVar[type]  # the network's config dataclass (from_dict / to_dict)
+
+    @staticmethod
+    @abstractmethod
+    def audio_steps(config: Any) -> int:
+        """Mel columns of the audio window the network reads."""
 
     def __init__(self, config: Any, weights: dict[str, float] | None = None, perceptual: nn.Module | None = None):
         unknown = set(weights or {}) - set(self.default_weights)
@@ -94,6 +100,11 @@ class AVFRObjective(Objective):
                        "adversarial": 0.1, "feature_matching": 1.0}  # fmt: skip
     structure, flip, needs_audio = True, True, False
     presets = {"tiny": AVFRConfig.tiny, "small": AVFRConfig.small, "paper": AVFRConfig}
+    config_class = AVFRConfig
+
+    @staticmethod
+    def audio_steps(config: AVFRConfig) -> int:
+        return config.audio.steps
 
     def build_model(self, config: AVFRConfig) -> AVFRModel:
         return AVFRModel(config)
@@ -132,6 +143,11 @@ class APBObjective(Objective):
     default_weights = {"geometry": 1.0, "l1": 100.0, "adversarial": 1.0, "perceptual": 1.0, "gradient_penalty": 10.0}
     structure, flip, needs_audio = False, False, True
     presets = {"tiny": APBConfig.tiny, "small": APBConfig.small, "paper": APBConfig}
+    config_class = APBConfig
+
+    @staticmethod
+    def audio_steps(config: APBConfig) -> int:
+        return config.fuser.steps
 
     def build_model(self, config: APBConfig) -> APBModel:
         return APBModel(config)

@@ -39,7 +39,7 @@ from ..weights import (
     save_weights,
 )
 from .cache import CacheSettings, build_cache
-from .data import Augment, ClipFrames, PairDataset, Split, load_clips, split_ranges, validation_pairs
+from .data import Augment, ClipFrames, PairDataset, Split, frame_input, load_clips, split_ranges, validation_pairs
 from .objectives import OBJECTIVES, Objective
 
 
@@ -75,11 +75,6 @@ class TrainConfig:
         return cls(**d)
 
 
-def _mel(config: TrainConfig, model_config: Any) -> MelSettings:
-    steps = model_config.audio.steps if hasattr(model_config, "audio") else model_config.fuser.steps
-    return MelSettings(window_s=round(steps * MelSettings().hop_s, 6), lookahead_s=config.lookahead_s)
-
-
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -100,7 +95,7 @@ class Trainer:
         start = load_weights(config.init, config.codec) if config.init and model_config is None else None
         try:
             if start is not None:
-                model_config = type(kind.preset("tiny")).from_dict(start.config)
+                model_config = kind.config_class.from_dict(start.config)
             model_config = model_config or kind.preset(config.model)
             self.objective: Objective = kind(model_config, config.losses)
         except (TypeError, ValueError) as exc:
@@ -108,7 +103,8 @@ class Trainer:
         if start is not None:
             load_module(self.objective.model, start.tensors, start.path, "model.")
         self.model_config = model_config
-        self.mel = _mel(config, model_config)
+        steps = kind.audio_steps(model_config)
+        self.mel = MelSettings(window_s=round(steps * MelSettings().hop_s, 6), lookahead_s=config.lookahead_s)
         self.size: int = model_config.size
         cache = Path(cache_dir) if cache_dir else self.run_dir / "cache"
         self.cache_dir = cache.resolve()
@@ -182,15 +178,14 @@ class Trainer:
         if self.config.codec == "apb":
             tracks = [np.stack([apb.pose_blink_vector(self.clips[c].pose[i], self.clips[c].blink[i]) for i in run]) for c, run in runs]
             return VectorCoding.fit(tracks, apb.CODING_STEP)
-        plain = PairDataset(self.clips, self.size, self.mel, pairs=[], structure=True)
         self.model.eval()
         tracks = []
         with torch.inference_mode():
             for c, run in runs:
                 vectors = []
                 for i in run[:100]:  # 4 s of each run is plenty
-                    s = plain.frame(c, i)
-                    kp = self.model.keypoints(s["image"][None].to(self.device), s["mesh"][None].to(self.device), s["mask"][None].to(self.device))
+                    f = frame_input(self.clips[c], i, self.size, None, None)
+                    kp = self.model.keypoints(*(torch.from_numpy(x)[None].to(self.device) for x in (f.image, f.mesh, f.mask)))
                     vectors.append(avfr.keypoint_vector(kp))
                 tracks.append(np.stack(vectors))
         self.model.train()
@@ -408,7 +403,7 @@ def train(run_dir: str | Path, settings: dict[str, Any], data: list[str | Path] 
     config = TrainConfig.from_dict({**saved["train"], **settings})
     kind = OBJECTIVES[codec]
     try:
-        model_config = type(kind.preset("tiny")).from_dict(saved["model"])
+        model_config = kind.config_class.from_dict(saved["model"])
     except ValueError as exc:
         raise TalkcodecError(f"{run_dir}/run.json: {exc}") from None
     trainer = Trainer(config, run_dir, data, cache_dir or saved.get("cache"), device, progress, model_config)
