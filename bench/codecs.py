@@ -9,7 +9,10 @@ with the reference image's bytes kept apart.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -29,6 +32,23 @@ class Coded:
     extra: dict = field(default_factory=dict)
 
 
+@contextmanager
+def kept_scheduling() -> Iterator[None]:
+    """Give the calling thread back its scheduling policy when the block ends.
+
+    SVT-AV1 run as root switches the thread that opens it to SCHED_FIFO priority 99, and every
+    thread started from it afterwards inherits that. On a 2-core machine the spin-waiting
+    threads of the next cells (mediapipe, PyTorch) then starve each other: a bench slowed from
+    seconds to minutes per cell after the AV1 cells until this was restored.
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
+
+
 @dataclass(frozen=True)
 class Conventional:
     encoder: str
@@ -37,6 +57,10 @@ class Conventional:
     label: str
 
     def run(self, frames: np.ndarray, fps: float, kbps: float) -> Coded:
+        with kept_scheduling():
+            return self._run(frames, fps, kbps)
+
+    def _run(self, frames: np.ndarray, fps: float, kbps: float) -> Coded:
         rate = Fraction(fps).limit_denominator(1001)
         enc = av.CodecContext.create(self.encoder, "w")
         enc.width, enc.height = frames.shape[2], frames.shape[1]
