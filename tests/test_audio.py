@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from talkcodec.audio import MelSettings, OpusDecoder, OpusEncoder, load_audio, mel_windows, resample
+from talkcodec.audio import MelSettings, OpusDecoder, OpusEncoder, load_audio, log_mel, mel_windows, resample
 
 
 def test_load_audio_from_the_sample(sample_video):
@@ -27,6 +27,21 @@ def test_mel_window_is_aligned_to_the_frame_time(lookahead):
     loudest_time = click + lookahead - settings.window_s + np.argmax(energy) * settings.hop_s
     assert abs(loudest_time - click) <= 2 * settings.hop_s
     assert windows[1].max() < windows[0].max() - 5  # half a second away: silence
+
+
+@pytest.mark.parametrize("settings", [MelSettings(), MelSettings(sample_rate=24000, n_mels=40, win_s=0.05)])
+def test_log_mel_equals_librosa(settings):
+    """The cached filterbank applied by PyTorch is librosa's melspectrogram (weights were trained on it)."""
+    import librosa
+
+    rate = settings.sample_rate
+    samples = np.random.default_rng(0).normal(0, 0.1, rate).astype(np.float32)
+    n_fft = 1 << int(np.ceil(np.log2(settings.win_s * rate)))
+    expected = librosa.feature.melspectrogram(
+        y=samples, sr=rate, n_fft=n_fft, hop_length=round(settings.hop_s * rate), win_length=round(settings.win_s * rate),
+        n_mels=settings.n_mels,
+    )  # fmt: skip
+    np.testing.assert_allclose(log_mel(samples, settings), np.log(expected + 1e-6), atol=1e-4)
 
 
 def test_mel_windows_pad_past_the_ends():
