@@ -99,6 +99,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _threads(report: dict) -> str:
+    counts = sorted({c["torch_threads"] for c in report["cells"] if "torch_threads" in c})
+    return "/".join(map(str, counts)) or "?"
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# talkcodec bench, {report['date']}",
@@ -108,7 +113,8 @@ def markdown(report: dict) -> str:
         f"`ref kB`; amortized over a {report['settings']['call_seconds']:g} s call in results.json). "
         f"SSIM, MS-SSIM, LPIPS and landmarks on every {report['settings']['metric_stride']}. frame, PSNR and "
         f"flicker on all. Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs; "
-        f"fps are single-stream, one thread.",
+        f"fps are single-stream: conventional codecs on one thread, talkcodec's networks on "
+        f"{_threads(report)} PyTorch thread(s) (`--jobs 1` gives them every core; `--jobs N` one each).",
         "",
         "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | landmark | flicker | enc fps | dec fps | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -87,6 +87,8 @@ def run_cell(
     source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float, stride: int = 1
 ) -> dict:
     """Code one clip with one codec setting and measure everything about it."""
+    import torch
+
     from .quality import measure
 
     clip = load_clip(Path(source), Path(cache), seconds)
@@ -100,7 +102,7 @@ def run_cell(
         "kbps_with_reference": (coded.frame_bytes * 8 / 1000 / duration) + coded.reference_bytes * 8 / 1000 / call_s,
         "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
         "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
-        "peak_mb": round(memory.peak_mb, 1), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s,
+        "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s,
     }  # fmt: skip
     result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
     return result

@@ -76,6 +76,7 @@ class AVFRConfig:
                 audio_channels=32,
                 query_channels=64,
                 spade_hidden=32,
+                image_blend=True,
             ),
         )
 
@@ -88,7 +89,8 @@ class AVFRConfig:
             dense_motion=DenseMotionConfig(block_expansion=4, num_blocks=2, max_features=8),
             audio=AudioEncoderConfig(channels=4, feature_channels=4, query_channels=8),
             generator=GeneratorConfig(
-                block_expansion=4, max_features=8, num_bottleneck=1, audio_channels=4, query_channels=8, spade_hidden=4
+                block_expansion=4, max_features=8, num_bottleneck=1, audio_channels=4, query_channels=8, spade_hidden=4,
+                image_blend=True,
             ),
         )
 

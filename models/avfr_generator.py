@@ -23,6 +23,7 @@ class GeneratorConfig:
     audio_channels: int = 64  # channels of ENC_aud (AudioEncoderConfig.feature_channels)
     query_channels: int = 256  # size of the audio query (AudioEncoderConfig.query_channels)
     spade_hidden: int = 64  # hidden width of the SPADE modulation convs
+    image_blend: bool = False  # last step: a learned per-pixel blend of the warped source image and the decoder's
 
 
 class SourceFeatures(NamedTuple):
@@ -84,6 +85,10 @@ class AVFRGenerator(nn.Module):
             for i in reversed(range(config.num_down))
         )
         self.out = nn.Conv2d(2 * w[0], 3, 7, padding=3)
+        self.blend = nn.Conv2d(2 * w[0], 1, 7, padding=3) if config.image_blend else None
+        if self.blend is not None:  # starts close to the decoder alone (weight 0.12 on the warped source)
+            nn.init.zeros_(self.blend.weight)
+            nn.init.constant_(self.blend.bias, -2.0)
 
     def encode_source(self, source: torch.Tensor) -> SourceFeatures:
         """(B, 3, H, W) source in [0, 1] -> its motion features and identity skips (once per reference)."""
@@ -114,4 +119,8 @@ class AVFRGenerator(nn.Module):
             x = block(x, guide)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = torch.cat([block(x), skip], dim=1)  # (B, 2 w_i, H / 2**i, W / 2**i)
-        return {"image": torch.sigmoid(self.out(x)), "attention": enc_att}
+        image = torch.sigmoid(self.out(x))
+        if self.blend is not None:  # sharp where the motion explains the frame, generated where it does not
+            weight = torch.sigmoid(self.blend(x))  # (B, 1, H, W)
+            image = weight * warp(source, deformation) + (1 - weight) * image
+        return {"image": image, "attention": enc_att}

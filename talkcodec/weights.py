@@ -72,7 +72,9 @@ def _read_metadata(path: Path, data: bytes) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise WeightsError(f"{path}: not a talkcodec weights file (no talkcodec metadata)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: unsupported weights format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        raise WeightsError(
+            f"{path}: unsupported weights format {meta.get('format') if isinstance(meta, dict) else meta!r}"
+        )
     if not isinstance(meta.get("codec"), str) or not isinstance(meta.get("config"), dict):
         raise WeightsError(f"{path}: weights metadata without a codec name and config")
     return meta
@@ -121,6 +123,21 @@ def load_module(module: nn.Module, tensors: dict[str, torch.Tensor], source: str
     module.load_state_dict({name: tensors[prefix + name].to(state[name].dtype) for name in state})
 
 
+def load_matching(module: nn.Module, tensors: dict[str, torch.Tensor], source: str, prefix: str = "") -> list[str]:
+    """Warm start: copy every finite ``tensors[prefix + name]`` whose shape fits ``module``; the rest
+    keeps its initialisation. Returns the names left fresh; none fitting at all is a WeightsError."""
+    state = module.state_dict()
+    fits = {
+        name: tensors[prefix + name].to(current.dtype) for name, current in state.items()
+        if prefix + name in tensors and tensors[prefix + name].shape == current.shape
+        and (not current.is_floating_point() or bool(torch.isfinite(tensors[prefix + name]).all()))
+    }  # fmt: skip
+    if not fits:
+        raise WeightsError(f"{source}: no tensor fits the network")
+    module.load_state_dict(fits, strict=False)
+    return [name for name in state if name not in fits]
+
+
 def module_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + name: t for name, t in module.state_dict().items()}
 
@@ -136,7 +153,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[di
     return tensors, {"param_groups": groups}
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> None:
+def load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if not name.startswith(prefix + "."):

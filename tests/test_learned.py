@@ -15,7 +15,7 @@ from talkcodec.packet import Packet, PacketKind
 from talkcodec.quant import MAX_KEY_DISTANCE, VectorCoding, VectorStream
 from talkcodec.training.trainer import export_weights
 from talkcodec.video import read_frames
-from talkcodec.weights import load_checkpoint, load_module, load_weights, save_checkpoint, save_weights
+from talkcodec.weights import load_checkpoint, load_matching, load_module, load_weights, save_checkpoint, save_weights
 
 FRAMES = 30
 
@@ -141,6 +141,20 @@ def test_weights_keep_coding_exact_and_networks_fp16(tmp_path):
     model = AVFRModel(AVFRConfig.from_dict(w.config))
     load_module(model, w.tensors, str(path), "model.")
     assert json.loads(json.dumps(w.config)) == json.loads(json.dumps(AVFRConfig.tiny().to_dict()))
+
+
+def test_warm_start_copies_what_fits_and_leaves_new_layers_fresh():
+    import dataclasses
+
+    old = AVFRConfig.tiny()
+    old = dataclasses.replace(old, generator=dataclasses.replace(old.generator, image_blend=False))
+    tensors = {"model." + k: v for k, v in AVFRModel(old).state_dict().items()}
+    new = AVFRModel(AVFRConfig.tiny())
+    fresh = load_matching(new, tensors, "old.safetensors", "model.")
+    assert fresh == ["generator.blend.weight", "generator.blend.bias"]
+    assert all(torch.equal(v, tensors["model." + k]) for k, v in new.state_dict().items() if k not in fresh)
+    with pytest.raises(WeightsError, match="no tensor fits"):
+        load_matching(APBModel(APBConfig.tiny()), tensors, "old.safetensors", "model.")
 
 
 def test_checkpoint_shards_roundtrip(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from ..face import CROP_SIZE
 from ..quant import VectorCoding
 from ..weights import (
     load_checkpoint,
+    load_matching,
     load_module,
     load_optimizer,
     load_weights,
@@ -46,7 +47,7 @@ from .objectives import OBJECTIVES, Objective
 @dataclass
 class TrainConfig:
     codec: str = "apb"
-    model: str = "small"  # network preset: tiny | small | paper
+    model: str | None = None  # network preset tiny | small | paper; default: init's own network, else small
     batch_size: int = 8
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -63,14 +64,16 @@ class TrainConfig:
     workers: int = -1  # data-loading processes; -1: 0 on CPU, 8 on CUDA
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     max_seconds_per_clip: float | None = None  # cache only the start of each clip
-    init: str | None = None  # a weights file to start from (its network config wins over `model`)
+    init: str | None = None  # weights to start from: all of them, or with `model` set, every tensor that fits
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise TalkcodecError(f"unknown training setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
+            raise TalkcodecError(
+                f"unknown training setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}"
+            )
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
@@ -94,14 +97,20 @@ class Trainer:
         kind = OBJECTIVES[config.codec]
         start = load_weights(config.init, config.codec) if config.init and model_config is None else None
         try:
-            if start is not None:
+            if start is not None and config.model is None:
                 model_config = kind.config_class.from_dict(start.config)
-            model_config = model_config or kind.preset(config.model)
+            model_config = model_config or kind.preset(config.model or "small")
             self.objective: Objective = kind(model_config, config.losses)
         except (TypeError, ValueError) as exc:
             raise TalkcodecError(str(exc)) from None
-        if start is not None:
+        if start is not None and config.model is None:  # the same network: every tensor must fit
             load_module(self.objective.model, start.tensors, start.path, "model.")
+        elif start is not None:  # warm start of a changed network: what fits is copied, new layers start fresh
+            fresh = load_matching(self.objective.model, start.tensors, start.path, "model.")
+            if progress and fresh:
+                tqdm.write(
+                    f"warm start from {start.path}: {len(fresh)} tensor(s) start fresh ({', '.join(fresh[:4])}...)"
+                )
         self.model_config = model_config
         steps = kind.audio_steps(model_config)
         self.mel = MelSettings(window_s=round(steps * MelSettings().hop_s, 6), lookahead_s=config.lookahead_s)
@@ -152,7 +161,10 @@ class Trainer:
 
     def resume(self) -> None:
         tensors, info = load_checkpoint(self.run_dir / "checkpoint")
-        if info.get("model") != json.loads(json.dumps(self.model_config.to_dict())) or info.get("train", {}).get("codec") != self.config.codec:
+        if (
+            info.get("model") != json.loads(json.dumps(self.model_config.to_dict()))
+            or info.get("train", {}).get("codec") != self.config.codec
+        ):
             raise WeightsError(f"{self.run_dir}: the checkpoint was made for another codec or network config")
         source = str(self.run_dir / "checkpoint")
         load_module(self.model, tensors, source, "model.")
@@ -176,7 +188,10 @@ class Trainer:
         train_ranges, _, _ = split_ranges(self.clips, Split(tuple(self.config.held_out), self.config.tail))
         runs = [(c, run) for c, a, b in train_ranges for run in _face_runs(self.clips[c].face, a, b)]
         if self.config.codec == "apb":
-            tracks = [np.stack([apb.pose_blink_vector(self.clips[c].pose[i], self.clips[c].blink[i]) for i in run]) for c, run in runs]
+            tracks = [
+                np.stack([apb.pose_blink_vector(self.clips[c].pose[i], self.clips[c].blink[i]) for i in run])
+                for c, run in runs
+            ]
             return VectorCoding.fit(tracks, apb.CODING_STEP)
         self.model.eval()
         tracks = []
@@ -185,7 +200,9 @@ class Trainer:
                 vectors = []
                 for i in run[:100]:  # 4 s of each run is plenty
                     f = frame_input(self.clips[c], i, self.size, None, None)
-                    kp = self.model.keypoints(*(torch.from_numpy(x)[None].to(self.device) for x in (f.image, f.mesh, f.mask)))
+                    kp = self.model.keypoints(
+                        *(torch.from_numpy(x)[None].to(self.device) for x in (f.image, f.mesh, f.mask))
+                    )
                     vectors.append(avfr.keypoint_vector(kp))
                 tracks.append(np.stack(vectors))
         self.model.train()
@@ -263,7 +280,9 @@ class Trainer:
             self.opt_d.step()
             logs.update(critic_logs)
         if not math.isfinite(float(loss.detach())):
-            raise TalkcodecError(f"training diverged at step {self.step} (loss {float(loss.detach())}); lower --set lr=...")
+            raise TalkcodecError(
+                f"training diverged at step {self.step} (loss {float(loss.detach())}); lower --set lr=..."
+            )
         self.step += 1
         return {"loss": float(loss.detach()), **logs}
 
@@ -285,7 +304,9 @@ class Trainer:
                                                  num_workers=workers, drop_last=True, persistent_workers=False)  # fmt: skip
             sums: dict[str, float] = {}
             count = 0
-            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not self.progress, leave=False)
+            bar = tqdm(
+                loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not self.progress, leave=False
+            )
             tick = time.monotonic()
             stopped = False
             for batch in bar:
@@ -339,7 +360,9 @@ def export_weights(path: str | Path, codec: str, model: torch.nn.Module, coding:
                    info: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """What a codec loads: fp16 network (``model.*``), coding statistics (``coding.*``), mel settings."""
     tensors = {**module_tensors(model, "model."), **{k: torch.from_numpy(v) for k, v in coding.to_arrays().items()}}
-    return save_weights(path, codec, model.config.to_dict(), tensors, info={"mel": dataclasses.asdict(mel), **(info or {})})
+    return save_weights(
+        path, codec, model.config.to_dict(), tensors, info={"mel": dataclasses.asdict(mel), **(info or {})}
+    )
 
 
 def _uint8(images: torch.Tensor, size: int) -> np.ndarray:
@@ -352,10 +375,22 @@ def _uint8(images: torch.Tensor, size: int) -> np.ndarray:
 
 def _grid(title: str, sources: torch.Tensor, drivings: torch.Tensor, generated: torch.Tensor) -> np.ndarray:
     """Rows of source | driving | generated, under a title strip."""
-    rows = [np.concatenate(list(_uint8(torch.stack([s, d, g]), 128)), axis=1) for s, d, g in zip(sources, drivings, generated)]
+    rows = [
+        np.concatenate(list(_uint8(torch.stack([s, d, g]), 128)), axis=1)
+        for s, d, g in zip(sources, drivings, generated)
+    ]
     body = np.concatenate(rows)
     strip = np.full((24, body.shape[1], 3), 255, np.uint8)
-    cv2.putText(strip, f"{title}: source | driving | generated", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        strip,
+        f"{title}: source | driving | generated",
+        (4, 17),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     return np.concatenate([strip, body])
 
 
@@ -391,7 +426,9 @@ def train(run_dir: str | Path, settings: dict[str, Any], data: list[str | Path] 
     has_checkpoint = (run_dir / "checkpoint" / "checkpoint.json").exists()
     if not resume:
         if has_checkpoint:
-            raise TalkcodecError(f"{run_dir} already holds a training run: add --resume to continue it, or pick another --out")
+            raise TalkcodecError(
+                f"{run_dir} already holds a training run: add --resume to continue it, or pick another --out"
+            )
         return Trainer(TrainConfig.from_dict(settings), run_dir, data, cache_dir, device, progress).fit(minutes)
     try:
         saved = json.loads((run_dir / "run.json").read_text())
