@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .bdrate import bd_quality, bd_rate
+from .codecs import CONVENTIONAL
 
 #: metric -> (label, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -91,6 +92,41 @@ def bd_table(rows: list[dict], anchor: str) -> dict[str, dict[str, float | None]
     return table
 
 
+def needed_kbps(points: list[tuple[float, float]], value: float) -> tuple[str, float]:
+    """Bitrate at which a conventional codec's curve of (kbps, lower-is-better metric) reaches
+    ``value``, interpolated in log-rate: ("=", kbps), or ("<=", lowest kbps) when its lowest rate
+    already does, or (">", highest kbps) when even its highest does not."""
+    pts = sorted(points)
+    if value >= pts[0][1]:
+        return "<=", pts[0][0]
+    for (r0, m0), (r1, m1) in zip(pts, pts[1:]):
+        if m0 > value >= m1:
+            t = (m0 - value) / (m0 - m1)
+            return "=", float(np.exp(np.log(r0) + t * (np.log(r1) - np.log(r0))))
+    return ">", pts[-1][0]
+
+
+def equal_quality(rows: list[dict], metrics: tuple[str, ...] = ("lpips", "landmark")) -> list[dict]:
+    """For every talkcodec operating point: the bitrate each conventional codec needs for the same
+    (mean) LPIPS / landmark distance, and how many times fewer bits talkcodec sends (goal: >= 10)."""
+    by_codec = curves(rows)
+    conventional = {c: pts for c, pts in by_codec.items() if c in CONVENTIONAL}
+    table = []
+    for row in rows:
+        if row["codec"] in CONVENTIONAL:
+            continue
+        for metric in metrics:
+            if row.get(metric) is None:
+                continue
+            needs = {c: needed_kbps([(p["kbps"], p[metric]) for p in pts if p[metric] is not None], row[metric])
+                     for c, pts in conventional.items()}  # fmt: skip
+            best = min(needs.items(), key=lambda kv: kv[1][1], default=None)
+            table.append({"codec": row["codec"], "setting": row["setting"], "kbps": row["kbps"], "metric": metric,
+                          "value": row[metric], "needs": needs, "best": best[0] if best else None,
+                          "ratio": (best[1][0], best[1][1] / row["kbps"]) if best else None})  # fmt: skip
+    return table
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -137,6 +173,21 @@ def markdown(report: dict) -> str:
             cells = [_fmt(e.get(f"bd_rate_{m}"), 1) + ("%" if e.get(f"bd_rate_{m}") is not None else "")
                      for m in ("psnr", "ssim", "ms_ssim", "lpips", "landmark")]  # fmt: skip
             lines.append(f"| {codec} | " + " | ".join(cells) + f" | {_fmt(e.get('bd_psnr_db'))} |")
+    if report.get("equal_quality"):
+        names = sorted({c for e in report["equal_quality"] for c in e["needs"]})
+        lines += ["", "Equal quality: the bitrate each conventional codec needs to reach each talkcodec point's mean "
+                  "LPIPS / landmark distance (interpolated in log-rate on the mean curves; <= and > where the "
+                  "point lies outside a curve), and `x fewer bits` = that of the best conventional codec / "
+                  "talkcodec's kbps (the goal is >= 10):", "",
+                  "| codec | setting | kbps | metric | value | " + " | ".join(f"{n} kbps" for n in names)
+                  + " | x fewer bits |", "|---" * (6 + len(names)) + "|"]  # fmt: skip
+        for e in report["equal_quality"]:
+            setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["setting"].items())
+            needs = [f"{'' if e['needs'][n][0] == '=' else e['needs'][n][0] + ' '}{e['needs'][n][1]:.1f}" for n in names]
+            ratio = e["ratio"]
+            shown = f"{'' if ratio[0] == '=' else ratio[0] + ' '}{ratio[1]:.1f} ({e['best']})" if ratio else "-"
+            lines.append(f"| {e['codec']} | {setting} | {e['kbps']:.2f} | {e['metric']} | {e['value']:.3f} | "
+                         + " | ".join(needs) + f" | {shown} |")  # fmt: skip
     if report["skipped"]:
         lines += ["", "Skipped inputs:", ""] + [f"- {name}: {why}" for name, why in report["skipped"].items()]
     if report["failed"]:
@@ -158,7 +209,7 @@ def plot(report: dict, path: Path) -> None:
             pts = [(p["kbps"], p[metric]) for p in points if p[metric] is not None]
             if pts:
                 x, y = zip(*pts)
-                talk = codec not in {"x264", "x265", "vp8", "vp9", "av1"}
+                talk = codec not in CONVENTIONAL
                 ax.plot(x, y, "o-" if talk else ".--", lw=2.5 if talk else 1.2, label=codec)
         ax.set_xscale("log")
         ax.set_xlabel("kbps (frames only, log scale)")
@@ -180,7 +231,7 @@ def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | Non
 
     anchor = report["settings"]["anchor"]
     by_codec = curves([r for r in report["cells"] if "error" not in r and r["clip"] == report["clips"][0]])
-    talk = next((c for c in by_codec if c not in {"x264", "x265", "vp8", "vp9", "av1"}), None)
+    talk = next((c for c in by_codec if c not in CONVENTIONAL), None)
     if talk is None or anchor not in by_codec:
         return None
     mine = min(by_codec[talk], key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))
@@ -209,6 +260,7 @@ def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: 
         "failed": [r for r in results if "error" in r],
         "summary": summary,
         "bd": bd_table(summary, args.anchor),
+        "equal_quality": equal_quality(summary),
         "cells": sorted(ok, key=lambda r: (r["clip"], r["codec"], r["kbps"])),
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))

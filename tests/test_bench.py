@@ -107,3 +107,15 @@ def test_bench_end_to_end_resumes_and_skips_bad_inputs(sample_video, noface_vide
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
     assert bench_main(args) == 0  # resumes: every cell is read back, none is recomputed
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0.5, ("<=", 5.0)), (0.4, ("<=", 5.0)), (0.1, (">", 80.0)), (0.3, ("=", 10.0)), (0.25, ("=", np.sqrt(10 * 20)))],
+)
+def test_equal_quality_bitrate_is_interpolated_in_log_rate(value, expected):
+    from talkcodec.bench.report import needed_kbps
+
+    curve = [(20.0, 0.2), (5.0, 0.4), (10.0, 0.3), (80.0, 0.15)]  # unsorted on purpose
+    bound, kbps = needed_kbps(curve, value)
+    assert bound == expected[0] and kbps == pytest.approx(expected[1])
