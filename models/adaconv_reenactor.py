@@ -29,6 +29,7 @@ class ReenactorConfig:
     kernel: int = 3  # AdaConv kernel: 3 as in the paper's text, 1 = the authors' code (AdaIN-like)
     adaconv_hidden: int = 128  # width of AdaConv's two-layer parameter predictors
     mlp_ratio: int = 3  # channel-MLP expansion inside a cell
+    image_warp: bool = False  # psi_D also predicts a flow + blend weight and blends in the warped reference
 
 
 class AdaConv(nn.Module):
@@ -114,6 +115,12 @@ class AdaConvReenactor(nn.Module):
         self.decoder = nn.Sequential(
             _up(width, mid), _up(mid, stem), nn.Conv2d(stem, 3, 7, 1, 3), nn.Sigmoid()
         )  # psi_D
+        # optional: (flow x, flow y, blend logit) from psi_D's last features; starts as no motion, weight 0.12
+        self.motion = nn.Conv2d(stem, 3, 7, 1, 3) if cfg.image_warp else None
+        if self.motion is not None:
+            nn.init.zeros_(self.motion.weight)
+            nn.init.constant_(self.motion.bias, 0.0)
+            nn.init.constant_(self.motion.bias[2:], -2.0)
 
     def encode(self, reference: torch.Tensor) -> torch.Tensor:
         """psi_E: (B, 3, H, W) -> features (B, cell_channels, H/4, W/4); run once per reference."""
@@ -121,18 +128,34 @@ class AdaConvReenactor(nn.Module):
             raise ValueError(f"reference height and width must be multiples of 4, got {tuple(reference.shape)}")
         return self.encoder(reference)
 
-    def decode(self, features: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, features: torch.Tensor, f_geo: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """psi_D(psi_T(features; f_geo)): (B, C, H/4, W/4), (B, latent) -> (B, 3, H, W).
 
-        A single reference's features (batch 1) are broadcast over a batch of f_geo.
+        A single reference's features (batch 1) are broadcast over a batch of f_geo. With
+        ``image_warp`` the reference image (B or 1, 3, H, W) is needed too: the output is
+        w * reference warped by the predicted flow + (1 - w) * the decoded image.
         """
         if features.shape[0] == 1 and f_geo.shape[0] > 1:
             features = features.expand(f_geo.shape[0], -1, -1, -1)  # (1, C, h, w) -> (B, C, h, w)
         x = features
         for cell, adaconv in zip(self.cells, self.adaconvs):
             x = adaconv(cell(x), f_geo)
-        return self.decoder(x)
+        if self.motion is None:
+            return self.decoder(x)
+        if reference is None:
+            raise ValueError("this reenactor blends in the warped reference: pass reference=")
+        hidden = self.decoder[:2](x)  # (B, stem, H, W)
+        image = self.decoder[2:](hidden)
+        motion = self.motion(hidden)  # (B, 3, H, W): flow x, flow y, blend logit
+        b, _, h, w = motion.shape
+        identity = F.affine_grid(torch.eye(2, 3, device=x.device).expand(b, 2, 3), [b, 1, h, w], align_corners=True)
+        grid = identity + motion[:, :2].permute(0, 2, 3, 1)  # (B, 2, H, W) -> (B, H, W, 2)
+        warped = F.grid_sample(reference.expand(b, -1, -1, -1), grid, padding_mode="border", align_corners=True)
+        weight = torch.sigmoid(motion[:, 2:])  # (B, 1, H, W)
+        return weight * warped + (1 - weight) * image
 
     def forward(self, reference: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
         """Eq. 3: reference (B, 3, H, W), f_geo (B, latent) -> reenacted image (B, 3, H, W)."""
-        return self.decode(self.encode(reference), f_geo)
+        return self.decode(self.encode(reference), f_geo, reference)

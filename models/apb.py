@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -40,7 +40,9 @@ class APBConfig:
         return cls(
             size=128,
             fuser=FuserConfig(audio_channels=(32, 48, 64, 96, 128), latent=128, hidden=32),
-            reenactor=ReenactorConfig(stem_channels=16, cell_channels=64, cells=6, latent=128, adaconv_hidden=64),
+            reenactor=ReenactorConfig(
+                stem_channels=16, cell_channels=64, cells=6, latent=128, adaconv_hidden=64, image_warp=True
+            ),
         )
 
     @classmethod
@@ -50,9 +52,16 @@ class APBConfig:
             size=64,
             fuser=FuserConfig(audio_channels=(4, 4, 8, 8, 16), time_convs=2, hidden=8, latent=16),
             reenactor=ReenactorConfig(
-                stem_channels=4, cell_channels=8, cells=2, latent=16, adaconv_hidden=8, mlp_ratio=2
+                stem_channels=4, cell_channels=8, cells=2, latent=16, adaconv_hidden=8, mlp_ratio=2, image_warp=True
             ),
         )
+
+
+class PreparedReference(NamedTuple):
+    """What the receiver keeps of its reference image: psi_E's features and the image (for the warp)."""
+
+    features: torch.Tensor  # (B, C, size/4, size/4)
+    image: torch.Tensor  # (B, 3, size, size) in [0, 1]
 
 
 class APBModel(nn.Module):
@@ -69,13 +78,13 @@ class APBModel(nn.Module):
         """phi (eq. 2): (B, n_mels, steps), (B, 3), (B, 2) -> f_geo (B, latent), landmarks (B, L, 2)."""
         return self.fuser(mel, pose, blink)
 
-    def prepare(self, reference: torch.Tensor) -> torch.Tensor:
-        """psi_E: reference (B, 3, size, size) -> features (B, C, size/4, size/4)."""
-        return self.reenactor.encode(reference)
+    def prepare(self, reference: torch.Tensor) -> PreparedReference:
+        """psi_E: reference (B, 3, size, size) -> features (B, C, size/4, size/4), and the image itself."""
+        return PreparedReference(self.reenactor.encode(reference), reference)
 
-    def render(self, features: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
-        """psi_T + psi_D: features from ``prepare`` and f_geo -> image (B, 3, size, size) in [0, 1]."""
-        return self.reenactor.decode(features, f_geo)
+    def render(self, prepared: PreparedReference, f_geo: torch.Tensor) -> torch.Tensor:
+        """psi_T + psi_D: the reference from ``prepare`` and f_geo -> image (B, 3, size, size) in [0, 1]."""
+        return self.reenactor.decode(prepared.features, f_geo, prepared.image)
 
     def forward(
         self, reference: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor

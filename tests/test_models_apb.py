@@ -44,16 +44,33 @@ def test_fuser_rejects_wrong_mel_shape() -> None:
         fuser(torch.randn(2, 40, 20), torch.zeros(2, 3), torch.zeros(2, 2))
 
 
-def test_reenactor_shapes() -> None:
+@pytest.mark.parametrize("image_warp", [False, True])
+def test_reenactor_shapes(image_warp: bool) -> None:
     cfg = APBConfig.tiny()
-    net = AdaConvReenactor(cfg.reenactor)
+    net = AdaConvReenactor(dataclasses.replace(cfg.reenactor, image_warp=image_warp))
     ref = torch.rand(2, 3, cfg.size, cfg.size)
     features = net.encode(ref)
     assert features.shape == (2, cfg.reenactor.cell_channels, cfg.size // 4, cfg.size // 4)
-    image = net.decode(features, torch.randn(2, cfg.reenactor.latent))
+    image = net.decode(features, torch.randn(2, cfg.reenactor.latent), ref)
     assert image.shape == ref.shape and image.min() >= 0 and image.max() <= 1
     # One reference's features are broadcast over a batch of f_geo (a receiver's usual case).
-    assert net.decode(features[:1], torch.randn(4, cfg.reenactor.latent)).shape == (4, 3, cfg.size, cfg.size)
+    many = net.decode(features[:1], torch.randn(4, cfg.reenactor.latent), ref[:1])
+    assert many.shape == (4, 3, cfg.size, cfg.size)
+
+
+def test_reenactor_warp_starts_as_the_unmoved_reference_blended_in() -> None:
+    """Zero flow at initialisation: the warp is the identity and 12 % of the output is the reference."""
+    cfg = APBConfig.tiny()
+    net = AdaConvReenactor(cfg.reenactor).eval()
+    plain = AdaConvReenactor(dataclasses.replace(cfg.reenactor, image_warp=False)).eval()
+    plain.load_state_dict(net.state_dict(), strict=False)
+    ref, f_geo = torch.rand(1, 3, cfg.size, cfg.size), torch.randn(1, cfg.reenactor.latent)
+    with torch.no_grad():
+        blended, decoded = net.decode(net.encode(ref), f_geo, ref), plain.decode(plain.encode(ref), f_geo)
+    weight = torch.sigmoid(torch.tensor(-2.0))
+    torch.testing.assert_close(blended, weight * ref + (1 - weight) * decoded, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="reference"):
+        net.decode(net.encode(ref), f_geo)
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
