@@ -108,9 +108,8 @@ class Trainer:
         elif start is not None:  # warm start of a changed network: what fits is copied, new layers start fresh
             fresh = load_matching(self.objective.model, start.tensors, start.path, "model.")
             if progress and fresh:
-                tqdm.write(
-                    f"warm start from {start.path}: {len(fresh)} tensor(s) start fresh ({', '.join(fresh[:4])}...)"
-                )
+                shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+                tqdm.write(f"warm start from {start.path}: {len(fresh)} tensor(s) start fresh: {shown}")
         self.model_config = model_config
         steps = kind.audio_steps(model_config)
         self.mel = MelSettings(window_s=round(steps * MelSettings().hop_s, 6), lookahead_s=config.lookahead_s)
