@@ -112,6 +112,7 @@ def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float, aud
     from ..registry import get_codec
 
     codec = get_codec(name, **settings, crop=False)
+    codec.load()  # networks are built before the clocks start, as a call does while it connects
     encoder, decoder = codec.encoder(fps=fps), codec.decoder()
     if decoder.uses_audio and audio is not None:
         decoder.push_audio(audio, 16000)

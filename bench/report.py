@@ -136,7 +136,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def _threads(report: dict) -> str:
-    counts = sorted({c["torch_threads"] for c in report["cells"] if "torch_threads" in c})
+    counts = sorted({c["torch_threads"] for c in report["cells"] if "torch_threads" in c and c["codec"] not in CONVENTIONAL})
     return "/".join(map(str, counts)) or "?"
 
 

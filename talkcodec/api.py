@@ -118,5 +118,8 @@ class Codec(ABC):
     def decoder(self, reference: np.ndarray | None = None) -> Decoder:
         """A new decoder; ``reference`` (RGB) stands in until a reference packet arrives."""
 
+    def load(self) -> None:
+        """Load now what decoding needs (networks, models) instead of on the first frame."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"

@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 OPUS_RATE = 48000  # libopus runs at 48 kHz
 OPUS_FRAME = 960  # 20 ms packets
@@ -76,7 +79,8 @@ class MelSettings:
 @functools.lru_cache(maxsize=4)
 def _mel_filters(settings: MelSettings) -> torch.Tensor:
     """(n_mels, n_fft // 2 + 1) Slaney mel filterbank, built once per settings."""
-    import librosa  # deferred: heavy import, only the audio-driven codecs need it
+    import librosa  # deferred: heavy imports, only the audio-driven codecs need them
+    import torch
 
     n_fft = 1 << int(np.ceil(np.log2(settings.win_s * settings.sample_rate)))
     return torch.from_numpy(librosa.filters.mel(sr=settings.sample_rate, n_fft=n_fft, n_mels=settings.n_mels))
@@ -90,6 +94,7 @@ def log_mel(samples: np.ndarray, settings: MelSettings = MelSettings()) -> np.nd
     OpenBLAS threads spinning against PyTorch's, and decoding ran 3x slower on 2 cores.
     """
     import librosa
+    import torch
 
     filters = _mel_filters(settings)
     hop = round(settings.hop_s * settings.sample_rate)

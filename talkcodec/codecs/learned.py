@@ -147,6 +147,9 @@ class LearnedCodec(Codec):
             self._network = network.to(self.device).eval()
         return self._network
 
+    def load(self) -> None:
+        self.network  # noqa: B018 (the property builds and loads it)
+
     @abstractmethod
     def make_network(self, config: dict[str, Any]) -> torch.nn.Module:
         """The (untrained) network ``config`` describes; ValueError / TypeError when invalid."""
