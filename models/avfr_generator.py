@@ -112,7 +112,8 @@ class AVFRGenerator(nn.Module):
 
         skips = [warp(skip, deformation) for skip in features.identity]
         source = features.source
-        guide = warp(source, deformation) * resize(occlusion, source.shape[-2:])  # (B, 3, H, W) driving-aligned
+        warped_source = warp(source, deformation)  # (B, 3, H, W) driving-aligned
+        guide = warped_source * resize(occlusion, source.shape[-2:])
 
         x = self.fuse(torch.cat([skips[-1], enc_dec], dim=1))  # (B, C_m, h_m, w_m)
         for block in self.bottleneck:
@@ -122,5 +123,5 @@ class AVFRGenerator(nn.Module):
         image = torch.sigmoid(self.out(x))
         if self.blend is not None:  # sharp where the motion explains the frame, generated where it does not
             weight = torch.sigmoid(self.blend(x))  # (B, 1, H, W)
-            image = weight * warp(source, deformation) + (1 - weight) * image
+            image = weight * warped_source + (1 - weight) * image
         return {"image": image, "attention": enc_att}

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.signaling import BYE, BaseSignaling
+from threadpoolctl import threadpool_limits
 
 from talkcodec.errors import TalkcodecError
 
@@ -52,6 +53,9 @@ def use_loopback_only() -> None:
 class Peer:
     def __init__(self, options: CallOptions):
         self.options = options
+        # A call runs capture, encode, decode and aiortc at frame rate on a few cores; OpenBLAS's own
+        # threads, spinning after every small per-frame product, only take those cores from them.
+        threadpool_limits(1, user_api="blas")
         set_opus_bitrate(options.audio_kbps * 1000)
         self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None)
         servers = [RTCIceServer(urls=url) for url in options.stun]
