@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import conv_norm_act
+from .blocks import blend_head, conv_norm_act, make_grid, warp
 
 
 @dataclass
@@ -115,12 +115,8 @@ class AdaConvReenactor(nn.Module):
         self.decoder = nn.Sequential(
             _up(width, mid), _up(mid, stem), nn.Conv2d(stem, 3, 7, 1, 3), nn.Sigmoid()
         )  # psi_D
-        # optional: (flow x, flow y, blend logit) from psi_D's last features; starts as no motion, weight 0.12
-        self.motion = nn.Conv2d(stem, 3, 7, 1, 3) if cfg.image_warp else None
-        if self.motion is not None:
-            nn.init.zeros_(self.motion.weight)
-            nn.init.constant_(self.motion.bias, 0.0)
-            nn.init.constant_(self.motion.bias[2:], -2.0)
+        # optional: (flow x, flow y, blend logit) from psi_D's last features
+        self.motion = blend_head(stem, flow_channels=2) if cfg.image_warp else None
 
     def encode(self, reference: torch.Tensor) -> torch.Tensor:
         """psi_E: (B, 3, H, W) -> features (B, cell_channels, H/4, W/4); run once per reference."""
@@ -150,9 +146,8 @@ class AdaConvReenactor(nn.Module):
         image = self.decoder[2:](hidden)
         motion = self.motion(hidden)  # (B, 3, H, W): flow x, flow y, blend logit
         b, _, h, w = motion.shape
-        identity = F.affine_grid(torch.eye(2, 3, device=x.device).expand(b, 2, 3), [b, 1, h, w], align_corners=True)
-        grid = identity + motion[:, :2].permute(0, 2, 3, 1)  # (B, 2, H, W) -> (B, H, W, 2)
-        warped = F.grid_sample(reference.expand(b, -1, -1, -1), grid, padding_mode="border", align_corners=True)
+        grid = make_grid(h, w, motion) + motion[:, :2].permute(0, 2, 3, 1)  # (B, 2, H, W) -> (B, H, W, 2)
+        warped = warp(reference.expand(b, -1, -1, -1), grid)
         weight = torch.sigmoid(motion[:, 2:])  # (B, 1, H, W)
         return weight * warped + (1 - weight) * image
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .blocks import DownBlock, ResBlock, SPADEResBlock, UpBlock, conv_norm_act, resize, warp
+from .blocks import DownBlock, ResBlock, SPADEResBlock, UpBlock, blend_head, conv_norm_act, resize, warp
 
 
 @dataclass
@@ -23,7 +23,7 @@ class GeneratorConfig:
     audio_channels: int = 64  # channels of ENC_aud (AudioEncoderConfig.feature_channels)
     query_channels: int = 256  # size of the audio query (AudioEncoderConfig.query_channels)
     spade_hidden: int = 64  # hidden width of the SPADE modulation convs
-    image_blend: bool = False  # last step: a learned per-pixel blend of the warped source image and the decoder's
+    image_blend: bool = False  # output = w * warped source + (1 - w) * decoded, w predicted per pixel
 
 
 class SourceFeatures(NamedTuple):
@@ -85,10 +85,7 @@ class AVFRGenerator(nn.Module):
             for i in reversed(range(config.num_down))
         )
         self.out = nn.Conv2d(2 * w[0], 3, 7, padding=3)
-        self.blend = nn.Conv2d(2 * w[0], 1, 7, padding=3) if config.image_blend else None
-        if self.blend is not None:  # starts close to the decoder alone (weight 0.12 on the warped source)
-            nn.init.zeros_(self.blend.weight)
-            nn.init.constant_(self.blend.bias, -2.0)
+        self.blend = blend_head(2 * w[0]) if config.image_blend else None
 
     def encode_source(self, source: torch.Tensor) -> SourceFeatures:
         """(B, 3, H, W) source in [0, 1] -> its motion features and identity skips (once per reference)."""

@@ -113,6 +113,16 @@ class SPADEResBlock(nn.Module):
         return self.shortcut(x) + out
 
 
+def blend_head(in_ch: int, flow_channels: int = 0) -> nn.Conv2d:
+    """7x7 conv -> ``flow_channels`` flow values, then one blend logit. It starts as "no flow, 12 %
+    warped image" (zero weights, logit -2), so a network it is added to keeps its output."""
+    head = nn.Conv2d(in_ch, flow_channels + 1, 7, padding=3)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    nn.init.constant_(head.bias[flow_channels:], -2.0)
+    return head
+
+
 def make_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     """(H, W, 2) sampling grid in [-1, 1], last dim (x, y), matching ``grid_sample``."""
     ys = torch.linspace(-1, 1, height, dtype=like.dtype, device=like.device)
