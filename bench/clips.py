@@ -1,5 +1,7 @@
 """Bench inputs: each video cropped ONCE to the 256x256 face crop at 25 fps (the same crop for
 every codec), from a fixed box around the first frame's face, widened to head and shoulders.
+A clip is its first ``seconds``, or with ``tail`` its last fraction (the part of a training
+clip the trainer holds out, ``Split.tail``), at most ``seconds`` of it.
 
 Crops are cached losslessly (``crops/NAME.mp4``, bit-exact RGB) with the original's landmarks
 (``crops/NAME.npy``) so reruns and worker processes do not redo the face work.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +45,23 @@ def expand(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def crop_clip(path: Path, seconds: float, fps: float = 25.0) -> np.ndarray:
-    """(T, 256, 256, 3) crops of the first ``seconds``; ``InputError`` when no face shows."""
+def tail_start(path: Path, tail: float | None, fps: float = 25.0) -> int:
+    """First frame of the last ``tail`` of a clip at ``fps`` (0 without a tail), split as the
+    trainer splits its cache: frame round(T * (1 - tail)) of T."""
+    if tail is None:
+        return 0
+    if not 0 < tail < 1:
+        raise InputError(f"tail must be a fraction in (0, 1), got {tail:g}")
+    return round(round(probe(path).duration * fps) * (1 - tail))
+
+
+def crop_clip(path: Path, seconds: float, fps: float = 25.0, start: int = 0) -> np.ndarray:
+    """(T, 256, 256, 3) crops of ``seconds`` from frame ``start``; ``InputError`` when no face shows."""
     from ..face import CROP_SIZE, CropSettings, FaceTracker, crop_square, square_box
 
-    frames = list(read_frames(path, fps=fps, max_seconds=seconds))
+    frames = list(islice(read_frames(path, fps=fps, max_seconds=start / fps + seconds), start, None))
+    if not frames:
+        raise InputError(f"{path.name}: no frames from {start / fps:.1f} s on")
     box = None
     with FaceTracker(segmentation=False, pose=False) as tracker:
         for frame in frames[: int(FIND_FACE_S * fps) + 1]:
@@ -59,21 +74,25 @@ def crop_clip(path: Path, seconds: float, fps: float = 25.0) -> np.ndarray:
     return np.stack([crop_square(f, box, CROP_SIZE) for f in frames])
 
 
-def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0) -> Clip:
+def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0, tail: float | None = None) -> Clip:
     """The clip's crops and landmarks, from the cache when they were made with the same settings."""
     from .quality import landmarks
 
     cache.mkdir(parents=True, exist_ok=True)
-    video, marks, meta = cache / f"{path.stem}.mp4", cache / f"{path.stem}.npy", cache / f"{path.stem}.json"
-    wanted = {"source": str(path.resolve()), "seconds": seconds, "fps": fps}
+    start = tail_start(path, tail, fps)
+    stem = path.stem if tail is None else f"{path.stem}-tail{tail:g}"
+    video, marks, meta = cache / f"{stem}.mp4", cache / f"{stem}.npy", cache / f"{stem}.json"
+    wanted = {"source": str(path.resolve()), "seconds": seconds, "fps": fps, "start": start}
     if not (meta.exists() and json.loads(meta.read_text()) == wanted and video.exists() and marks.exists()):
-        frames = crop_clip(path, seconds, fps)
+        frames = crop_clip(path, seconds, fps, start)
         with Mp4Writer(video, fps, (frames.shape[2], frames.shape[1]), lossless=True) as writer:
             for frame in frames:
                 writer.write(frame)
         np.save(marks, landmarks(frames))
         meta.write_text(json.dumps(wanted))
     frames = np.stack(list(read_frames(video)))
-    samples = load_audio(path, AUDIO_RATE, seconds) if probe(path).has_audio else None
+    samples = load_audio(path, AUDIO_RATE, start / fps + seconds) if probe(path).has_audio else None
+    if samples is not None:
+        samples = samples[round(start / fps * AUDIO_RATE) :]
     audio = opus_round_trip(samples, AUDIO_RATE) if samples is not None and samples.size else None
     return Clip(path.stem, frames, fps, np.load(marks), audio)

@@ -119,15 +119,14 @@ def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float, aud
     wires: list[bytes] = []
     frame_bytes = reference_bytes = 0
     start = time.perf_counter()
-    for rgb in frames:
-        for packet in encoder.encode(rgb):
+    for packets in [*map(encoder.encode, frames), encoder.flush()]:
+        for packet in packets:
             wire = packet.to_bytes()
             wires.append(wire)
             if packet.kind == PacketKind.REFERENCE:
                 reference_bytes += len(wire)
             else:
                 frame_bytes += len(wire)
-    wires += [p.to_bytes() for p in encoder.flush()]
     encode_s = time.perf_counter() - start
     encoder.close()
     decoded: list[np.ndarray] = []

@@ -140,17 +140,31 @@ def _threads(report: dict) -> str:
     return "/".join(map(str, counts)) or "?"
 
 
+def _span(settings: dict) -> str:
+    """Which part of each clip was coded, in words."""
+    if settings.get("tail"):
+        return f"the last {settings['tail']:.0%} of each (the trainer's held-out tail), at most {settings['seconds']:g} s"
+    return f"first {settings['seconds']:g} s each"
+
+
+def _packets(settings: dict) -> str:
+    n = settings.get("frames_per_packet", 1)
+    return "" if n == 1 else (f" talkcodec sends {n} frames per packet (one header; the receiver gets each frame "
+                              f"{n - 1} frame(s) later than with one per packet).")  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# talkcodec bench, {report['date']}",
         "",
-        f"{len(report['clips'])} clip(s), first {report['settings']['seconds']:g} s each at 25 fps, 256x256 face crops; "
+        f"{len(report['clips'])} clip(s), {_span(report['settings'])} at 25 fps, 256x256 face crops; "
         f"means over clips. kbps = frame bits over the clip (talkcodec's one-off reference image apart, "
         f"`ref kB`; amortized over a {report['settings']['call_seconds']:g} s call in results.json). "
         f"SSIM, MS-SSIM, LPIPS and landmarks on every {report['settings']['metric_stride']}. frame, PSNR and "
         f"flicker on all. Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs; "
         f"fps are single-stream: conventional codecs on one thread, talkcodec's networks on "
-        f"{_threads(report)} PyTorch thread(s) (`--jobs 1` gives them every core; `--jobs N` one each).",
+        f"{_threads(report)} PyTorch thread(s) (`--jobs 1` gives them every core; `--jobs N` one each)."
+        f"{_packets(report['settings'])}",
         "",
         "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | landmark | flicker | enc fps | dec fps | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -216,7 +230,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_ylabel(label + ("" if higher else ", lower is better"))
         ax.grid(True, which="both", alpha=0.3)
     axes.flat[0].legend()
-    fig.suptitle(f"talkcodec bench: {len(report['clips'])} clip(s), {report['settings']['seconds']:g} s each, 256x256")
+    fig.suptitle(f"talkcodec bench: {len(report['clips'])} clip(s), {_span(report['settings'])}, 256x256")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -236,7 +250,8 @@ def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | Non
         return None
     mine = min(by_codec[talk], key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))
     theirs = min(by_codec[anchor], key=lambda r: abs(np.log(r["kbps"] / mine["kbps"])))
-    clip = load_clip(Path(sources[report["clips"][0]]), out / "crops", report["settings"]["seconds"])
+    settings = report["settings"]
+    clip = load_clip(Path(sources[report["clips"][0]]), out / "crops", settings["seconds"], tail=settings.get("tail"))
     a, b = code(clip, talk, mine["setting"]), code(clip, anchor, theirs["setting"])
     path = out / "side_by_side.mp4"
     with Mp4Writer(path, clip.fps, (256 * 3, 256)) as writer:
@@ -254,7 +269,8 @@ def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: 
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "settings": {"seconds": args.seconds, "codecs": args.codecs, "kbps": args.kbps, "anchor": args.anchor,
-                     "call_seconds": args.call_seconds, "metric_stride": args.metric_stride},  # fmt: skip
+                     "call_seconds": args.call_seconds, "metric_stride": args.metric_stride, "tail": args.tail,
+                     "frames_per_packet": args.frames_per_packet},  # fmt: skip
         "clips": sorted({r["clip"] for r in ok}),
         "skipped": skipped,
         "failed": [r for r in results if "error" in r],

@@ -84,14 +84,15 @@ def code(clip: Clip, codec: str, setting: dict[str, Any]) -> Coded:
 
 
 def run_cell(
-    source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float, stride: int = 1
+    source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float, stride: int = 1,
+    tail: float | None = None,
 ) -> dict:
-    """Code one clip with one codec setting and measure everything about it."""
+    """Code one clip (its last ``tail`` if given) with one codec setting and measure everything about it."""
     import torch
 
     from .quality import measure
 
-    clip = load_clip(Path(source), Path(cache), seconds)
+    clip = load_clip(Path(source), Path(cache), seconds, tail=tail)
     with PeakMemory() as memory:
         coded = code(clip, codec, setting)
     duration = len(clip.frames) / clip.fps
@@ -102,7 +103,7 @@ def run_cell(
         "kbps_with_reference": (coded.frame_bytes * 8 / 1000 / duration) + coded.reference_bytes * 8 / 1000 / call_s,
         "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
         "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
-        "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s,
+        "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s, "tail": tail,
     }  # fmt: skip
     result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
     return result
@@ -117,13 +118,15 @@ def _one_thread_each() -> None:
     cv2.setNumThreads(1)
 
 
-def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames_per_packet: int = 1) -> list[tuple[str, dict[str, Any]]]:
     cells: list[tuple[str, dict[str, Any]]] = []
     for codec in codecs:
         if codec in CONVENTIONAL:
             cells += [(codec, {"kbps": k}) for k in kbps]
         elif codec in TALKCODEC_SWEEPS:
-            extra = {"weights": weights[codec]} if codec in weights else {}
+            extra: dict[str, Any] = {"weights": weights[codec]} if codec in weights else {}
+            if frames_per_packet > 1:
+                extra["frames_per_packet"] = frames_per_packet
             cells += [(codec, {**s, **extra}) for s in TALKCODEC_SWEEPS[codec]]
         else:
             known = ", ".join(list(CONVENTIONAL) + list(TALKCODEC_SWEEPS))
@@ -135,10 +138,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clips", nargs="*", help="videos or folders of videos (default: the bundled sample)")
     parser.add_argument("--out", default="talkcodec-bench", help="results folder; reruns resume from it (default ./talkcodec-bench)")
     parser.add_argument("--seconds", type=float, default=10.0, help="first N seconds of each clip (default 10)")
+    parser.add_argument("--tail", type=float, default=None, metavar="FRACTION",
+                        help="code the last FRACTION of each clip instead (at most --seconds): 0.2 is the part "
+                             "of a training clip the trainer held out")  # fmt: skip
     parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS), help="comma-separated (default: all)")
     parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
     parser.add_argument("--weights", action="append", default=[], metavar="CODEC=PATH",
                         help="weights for a learned codec (avfr, apb), e.g. apb=run/weights.safetensors")
+    parser.add_argument("--frames-per-packet", type=int, default=1, metavar="N",
+                        help="talkcodec codecs send N frames per packet: fewer bits, N-1 frames of delay (default 1)")
     parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
     parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -157,7 +165,7 @@ def run(args: argparse.Namespace) -> dict:
     weights = dict(w.split("=", 1) for w in args.weights if "=" in w)
     if len(weights) != len(args.weights):
         raise TalkcodecError("bench: --weights expects CODEC=PATH")
-    cells = _cells(codecs, kbps, weights)
+    cells = _cells(codecs, kbps, weights, args.frames_per_packet)
     if args.anchor not in codecs:
         raise TalkcodecError(f"bench: the anchor {args.anchor!r} is not among --codecs")
     sources = expand(args.clips) if args.clips else [sample_path()]
@@ -168,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             if source.stem in clips:
                 raise InputError(f"{source}: another input is also named {source.stem!r}")
-            load_clip(source, cache, args.seconds)
+            load_clip(source, cache, args.seconds, tail=args.tail)
             clips[source.stem] = source
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             skipped[source.name] = str(exc).split("\n")[0]
@@ -181,12 +189,13 @@ def run(args: argparse.Namespace) -> dict:
                 cached = json.loads(path.read_text()) if path.exists() else None
             except (OSError, json.JSONDecodeError):
                 cached = None  # a cell cut short by an interruption is redone
-            same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds}
+            same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
+                    "tail": args.tail}  # fmt: skip
             if cached is not None and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)
             else:
                 todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds,
-                                    args.metric_stride)))  # fmt: skip
+                                    args.metric_stride, args.tail)))  # fmt: skip
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.quiet)
 
     def done(path: Path, result: dict) -> None:

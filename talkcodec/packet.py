@@ -2,18 +2,20 @@
 
 Layout (all of it documented in docs/FORMAT.md)::
 
-    byte 0    version (bits 7-5) | kind (bits 4-3) | key (bit 2) | zstd (bit 1) | 0 (bit 0)
+    byte 0    version (bits 7-5) | kind (bits 4-3) | key (bit 2) | zstd (bit 1) | frames (bit 0)
     byte 1    codec id (frozen, see registry.CODEC_IDS)
     varint    seq: frame index on the stream's frame clock (time = seq / fps)
     FRAME key:    u8 ref_id, varint fps numerator, varint fps denominator
     FRAME delta:  varint key_distance (the key it depends on is seq - key_distance)
+    FRAME, frames bit set: varint n (2..64): the packet carries frames seq .. seq + n - 1
     REFERENCE:    u8 ref_id
     CONTROL:      nothing
     payload   the rest; zstd-compressed (with the codec's dictionary, if it ships one) when the
               zstd bit is set. ``to_bytes`` picks whichever of raw and zstd is smaller.
 
 A steady-state delta frame header is 5 bytes (1 kbps at 25 fps); the msgpack header
-``[version, codec, seq, pts]`` it replaces was 7. Parsing is bounded: packets over
+``[version, codec, seq, pts]`` it replaces was 7. A packet of n frames pays it once (the
+sender holds n - 1 frames back: files and the bench, or calls that trade latency for bits). Parsing is bounded: packets over
 ``MAX_PACKET_BYTES``, payloads that inflate past ``MAX_PAYLOAD_BYTES``, and any malformed
 field raise ``PacketError`` with a one-line message.
 """
@@ -39,6 +41,7 @@ MAX_PACKET_BYTES = 1 << 20  # 1 MiB: a reference image at most; frames are tens 
 MAX_PAYLOAD_BYTES = 4 << 20  # bound on zstd inflation
 MAX_IMAGE_SIDE = 2048  # reference images larger than this are refused
 _ZSTD_MIN_PAYLOAD = 24  # below this zstd framing alone costs more than it could save
+MAX_FRAMES_PER_PACKET = 64  # a FRAME packet carries 1..64 consecutive frames
 
 _dictionaries: dict[int, zstandard.ZstdCompressionDict] = {}
 
@@ -90,6 +93,7 @@ class Packet:
     key_distance: int = 0  # FRAME delta only: seq - seq of the key it depends on
     ref_id: int = 0  # FRAME key / REFERENCE: which reference image (0..255)
     fps: Fraction | None = None  # FRAME key only: the stream's frame clock
+    frames: int = 1  # FRAME only: it carries frames seq .. seq + frames - 1
     _wire: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -100,6 +104,11 @@ class Packet:
     def key_seq(self) -> int:
         """Seq of the key packet this frame packet depends on (itself for a key)."""
         return self.seq - self.key_distance
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last frame a FRAME packet carries."""
+        return self.seq + self.frames - 1
 
     def to_bytes(self) -> bytes:
         if self._wire is not None:
@@ -115,12 +124,14 @@ class Packet:
             header += write_varint(self.key_distance)
         elif self.kind == PacketKind.REFERENCE:
             header.append(self.ref_id)
+        if self.frames > 1:
+            header += write_varint(self.frames)
         payload, compressed = self.payload, False
         if len(payload) >= _ZSTD_MIN_PAYLOAD:
             packed = _compressor(self.codec_id).compress(payload)
             if len(packed) < len(payload):
                 payload, compressed = packed, True
-        header[0] = (FORMAT_VERSION << 5) | (int(self.kind) << 3) | (self.key << 2) | (compressed << 1)
+        header[0] = (FORMAT_VERSION << 5) | (int(self.kind) << 3) | (self.key << 2) | (compressed << 1) | (self.frames > 1)
         wire = bytes(header) + payload
         if len(wire) > MAX_PACKET_BYTES:
             raise PacketError(f"packet of {len(wire)} bytes exceeds the {MAX_PACKET_BYTES}-byte limit")
@@ -136,6 +147,8 @@ class Packet:
             raise PacketError("a key frame packet needs a positive fps")
         if self.kind == PacketKind.FRAME and not self.key and not 0 < self.key_distance <= self.seq:
             raise PacketError("a delta frame packet needs 0 < key_distance <= seq")
+        if not 1 <= self.frames <= MAX_FRAMES_PER_PACKET or (self.frames > 1 and self.kind != PacketKind.FRAME):
+            raise PacketError(f"a frame packet carries 1..{MAX_FRAMES_PER_PACKET} frames, other packets one")
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Packet:
@@ -154,8 +167,6 @@ class Packet:
                     f"(reads version {FORMAT_VERSION}): upgrade talkcodec"
                 )
             raise PacketError(f"not a talkcodec packet (format version {version})")
-        if flags & 1:
-            raise PacketError("reserved flag bit is set")
         kind_value = (flags >> 3) & 0b11
         if kind_value not in PacketKind._value2member_map_:
             raise PacketError(f"unknown packet kind {kind_value}")
@@ -187,6 +198,12 @@ class Packet:
             pos += 1
         elif key:
             raise PacketError("key flag on a non-frame packet")
+        if flags & 1:
+            if kind != PacketKind.FRAME:
+                raise PacketError("frame count on a non-frame packet")
+            fields["frames"], pos = read_varint(data, pos)
+            if not 2 <= fields["frames"] <= MAX_FRAMES_PER_PACKET:
+                raise PacketError(f"frame packet with {fields['frames']} frames (2..{MAX_FRAMES_PER_PACKET} allowed)")
         payload = data[pos:]
         if compressed:
             payload = _decompress(codec_id, payload)

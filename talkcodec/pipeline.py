@@ -67,9 +67,9 @@ class StreamStats:
     def count(self, packet: Packet) -> None:
         size = len(packet.to_bytes())
         if packet.kind == PacketKind.FRAME:
-            self.frames += 1
+            self.frames += packet.frames
             self.frame_bytes += size
-            self.faceless_frames += not packet.payload
+            self.faceless_frames += 0 if packet.payload else packet.frames
         elif packet.kind == PacketKind.REFERENCE:
             self.references += 1
             self.reference_bytes += size
@@ -102,6 +102,7 @@ def encode_file(
     start = time.perf_counter()
     encoder = model.encoder(fps=fps)
     crops = None
+    audio_sent = 0  # samples given to the Opus encoder
     try:
         crops = Mp4Writer(crops_to, rate, (256, 256), lossless=True) if crops_to else None
         with TkcWriter(output, header) as writer:
@@ -115,18 +116,22 @@ def encode_file(
                     stats.count(packet)
                 if crops is not None and encoder.last_observation is not None:
                     crops.write(encoder.last_observation.crop)
-                if opus is not None and samples is not None:  # interleave the audio up to this frame's end
-                    end = round((index + 1) / fps * OPUS_RATE)
-                    begin = round(index / fps * OPUS_RATE)
-                    for pts, data in opus.encode(samples[begin:end]):
+                if opus is not None and samples is not None:  # interleave the audio up to the frames sent
+                    end = round(stats.frames / fps * OPUS_RATE)  # a packet of several frames may hold some back
+                    for pts, data in opus.encode(samples[audio_sent:end]):
                         writer.write_audio(pts, data)
                         stats.audio_bytes += len(data)
+                    audio_sent = max(audio_sent, end)
                 if stats.faceless_frames == stats.frames and stats.frames >= NO_FACE_GIVE_UP_S * fps:
                     break
                 if index % 25 == 0:
                     writer.flush()
-            if opus is not None:
-                for pts, data in opus.encode(None):
+            for packet in encoder.flush():  # frames held back for a packet of several
+                writer.write_packet(packet)
+                stats.count(packet)
+            if opus is not None and samples is not None:
+                tail = samples[audio_sent : max(audio_sent, round(stats.frames / fps * OPUS_RATE))]
+                for pts, data in [*opus.encode(tail), *opus.encode(None)]:
                     writer.write_audio(pts, data)
                     stats.audio_bytes += len(data)
     finally:

@@ -177,35 +177,62 @@ class VectorCoding:
 
 
 class VectorStream:
-    """The coders for one ``VectorCoding``, shared by an encoder and a decoder."""
+    """The coders for one ``VectorCoding``, shared by an encoder and a decoder.
+
+    A packet codes the symbols of n >= 1 consecutive frames, an (n, D) array: the first row
+    against an anchor (the typical values, the reference's symbols, or its key's), every
+    later row against the row before it (scales of distance 1), all in one range-coded run.
+    """
+
+    MAX_CODERS = 64  # coders are cached per (first row's scales, n); a hostile stream cannot grow this
 
     def __init__(self, coding: VectorCoding):
         self.coding = coding
         self.quantizer = Quantizer(coding.step)
         self.centre = coding.key_centre.astype(np.int32)
-        self.key_coder = LaplaceCoder(coding.key_scale)
-        self._delta_coders: dict[int, LaplaceCoder] = {}
+        self._coders: dict[tuple[int, int], LaplaceCoder] = {}
 
-    def delta_coder(self, distance: int) -> LaplaceCoder:
-        row = min(max(distance, 1), MAX_KEY_DISTANCE) - 1
-        if row not in self._delta_coders:
-            self._delta_coders[row] = LaplaceCoder(self.coding.delta_scale[row])
-        return self._delta_coders[row]
+    def _coder(self, row: int, frames: int) -> LaplaceCoder:
+        """Row -1: the first frame against the typical values; else ``delta_scale[row]``."""
+        if (row, frames) not in self._coders:
+            if len(self._coders) >= self.MAX_CODERS:
+                self._coders.clear()
+            first = self.coding.key_scale if row < 0 else self.coding.delta_scale[row]
+            scales = np.concatenate([first, np.tile(self.coding.delta_scale[0], frames - 1)])  # (n * D,)
+            self._coders[row, frames] = LaplaceCoder(scales)
+        return self._coders[row, frames]
+
+    @staticmethod
+    def _row(distance: int) -> int:
+        return min(max(distance, 1), MAX_KEY_DISTANCE) - 1
+
+    def _encode(self, symbols: np.ndarray, anchor: np.ndarray, row: int) -> bytes:
+        frames = np.atleast_2d(symbols)  # (n, D)
+        residual = np.concatenate([frames[:1] - anchor, np.diff(frames, axis=0)])  # (n, D)
+        return self._coder(row, len(frames)).encode(residual.reshape(-1))
+
+    def _decode(self, payload: bytes, anchor: np.ndarray, row: int, frames: int) -> np.ndarray:
+        residual = self._coder(row, frames).decode(payload).reshape(frames, -1)  # (n * D,) -> (n, D)
+        residual[0] += anchor
+        return np.cumsum(residual, axis=0, dtype=np.int64).astype(np.int32)
 
     def encode_key(self, symbols: np.ndarray, base: np.ndarray | None = None) -> bytes:
         """A key alone: against the typical values, or, with ``base`` (the symbols of the
-        reference the key is drawn over, which the receiver has), as a far delta from it."""
+        reference the key is drawn over, which the receiver has), as a far delta from it.
+        ``symbols``: (D,) for one frame, (n, D) for a key packet of n frames."""
         if base is not None:
-            return self.delta_coder(MAX_KEY_DISTANCE).encode(symbols - base)
-        return self.key_coder.encode(symbols - self.centre)
+            return self._encode(symbols, base, MAX_KEY_DISTANCE - 1)
+        return self._encode(symbols, self.centre, -1)
 
-    def decode_key(self, payload: bytes, base: np.ndarray | None = None) -> np.ndarray:
+    def decode_key(self, payload: bytes, base: np.ndarray | None = None, frames: int = 1) -> np.ndarray:
+        """(frames, D) symbols; the first row is the key's."""
         if base is not None:
-            return self.delta_coder(MAX_KEY_DISTANCE).decode(payload) + base
-        return self.key_coder.decode(payload) + self.centre
+            return self._decode(payload, base, MAX_KEY_DISTANCE - 1, frames)
+        return self._decode(payload, self.centre, -1, frames)
 
     def encode_delta(self, symbols: np.ndarray, key_symbols: np.ndarray, distance: int) -> bytes:
-        return self.delta_coder(distance).encode(symbols - key_symbols)
+        """(D,) or (n, D) symbols of frames starting ``distance`` frames after their key."""
+        return self._encode(symbols, key_symbols, self._row(distance))
 
-    def decode_delta(self, payload: bytes, key_symbols: np.ndarray, distance: int) -> np.ndarray:
-        return self.delta_coder(distance).decode(payload) + key_symbols
+    def decode_delta(self, payload: bytes, key_symbols: np.ndarray, distance: int, frames: int = 1) -> np.ndarray:
+        return self._decode(payload, key_symbols, self._row(distance), frames)

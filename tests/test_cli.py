@@ -42,6 +42,21 @@ def test_info_reports_the_bitrate_split(encoded, capsys):
     assert "frame kbps" in capsys.readouterr().out
 
 
+def test_packets_of_several_frames_keep_every_frame_and_the_audio(sample_video, encoded, tmp_path, capsys):
+    tkc, mp4 = tmp_path / "b.tkc", tmp_path / "b.mp4"
+    args = ["encode", str(sample_video), "-o", str(tkc), "--seconds", "2", "--set", "frames_per_packet=5", "-q"]
+    assert main(args) == 0
+    info = {}
+    for name, path in (("single", encoded), ("bundled", tkc)):
+        capsys.readouterr()
+        assert main(["info", str(path), "--json"]) == 0
+        info[name] = json.loads(capsys.readouterr().out)
+    assert info["bundled"]["frames"] == 50 and info["bundled"]["frame_kbps"] < 0.8 * info["single"]["frame_kbps"]
+    assert main(["decode", str(tkc), "-o", str(mp4), "-q"]) == 0
+    frames, _, audio_seconds = _streams(mp4)
+    assert frames == 50 and abs(audio_seconds - frames / 25) < 0.1
+
+
 def test_truncated_stream_decodes_up_to_the_damage(encoded, tmp_path, capsys):
     cut = tmp_path / "cut.tkc"
     data = encoded.read_bytes()

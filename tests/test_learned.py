@@ -183,10 +183,15 @@ def test_vector_coding_roundtrip_and_validation():
     assert coding.delta_scale[20].mean() > coding.delta_scale[0].mean()  # farther from the key, wider
     stream = VectorStream(coding)
     key = stream.quantizer.quantize(track[0])
-    assert np.array_equal(stream.decode_key(stream.encode_key(key)), key)
+    assert np.array_equal(stream.decode_key(stream.encode_key(key))[0], key)
     for d in (1, 5, 80):
         symbols = stream.quantizer.quantize(track[min(d, 199)])
-        assert np.array_equal(stream.decode_delta(stream.encode_delta(symbols, key, d), key, d), symbols)
+        assert np.array_equal(stream.decode_delta(stream.encode_delta(symbols, key, d), key, d)[0], symbols)
+    run = stream.quantizer.quantize(track[10:18])  # (8, 3): a packet of 8 frames
+    assert np.array_equal(stream.decode_key(stream.encode_key(run, key), key, frames=8), run)
+    assert np.array_equal(stream.decode_delta(stream.encode_delta(run, key, 10), key, 10, frames=8), run)
+    one_by_one = sum(len(stream.encode_delta(row, key, 10 + i)) for i, row in enumerate(run))
+    assert len(stream.encode_delta(run, key, 10)) < one_by_one  # each frame predicted from the one before
     arrays = coding.to_arrays()
     assert np.allclose(VectorCoding.from_arrays(arrays).step, step)
     for broken in ({**arrays, "coding.step": -arrays["coding.step"]}, {k: v for k, v in arrays.items() if "key_scale" not in k},

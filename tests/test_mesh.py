@@ -24,6 +24,21 @@ def stream(sample_video):
     return wires, crops
 
 
+@pytest.fixture(scope="module")
+def bundled(sample_video):
+    """The same frames sent in packets of up to 5 frames (the held-back ones come with ``flush``)."""
+    encoder = talkcodec.get_codec("mesh", frames_per_packet=5).encoder(fps=25)
+    frames = read_frames(sample_video, fps=25, max_seconds=FRAMES / 25)
+    wires = [[p.to_bytes() for p in encoder.encode(frame)] for frame in frames]
+    wires.append([p.to_bytes() for p in encoder.flush()])
+    encoder.close()
+    return wires
+
+
+def _frame_bytes(wires):
+    return sum(len(w) for group in wires for w in group if Packet.from_bytes(w).kind == PacketKind.FRAME)
+
+
 def _decode(wires, drop=lambda seq, packet: False):
     decoder = talkcodec.get_codec("mesh").decoder()
     frames = []
@@ -52,8 +67,7 @@ def test_shipped_shape_model_explains_landmarks(stream):
 def test_roundtrip_bitrate_and_quality(stream):
     wires, crops = stream
     assert wires[0][0][0] >> 3 & 3 == PacketKind.REFERENCE  # the reference comes first
-    frame_bytes = sum(len(w) for group in wires for w in group if Packet.from_bytes(w).kind == PacketKind.FRAME)
-    kbps = frame_bytes * 8 / 1000 / (len(wires) / 25)
+    kbps = _frame_bytes(wires) * 8 / 1000 / (len(wires) / 25)
     assert kbps <= 5.0
     _, frames = _decode(wires)
     assert [f.seq for f in frames] == list(range(len(wires))) and not any(f.concealed for f in frames)
@@ -62,6 +76,24 @@ def test_roundtrip_bitrate_and_quality(stream):
     still = talkcodec.get_codec("mesh").decoder()  # warping nothing would score far worse on motion
     reference = [still.decode(Packet.from_bytes(w)) for w in wires[0]][-1][0].image
     assert np.mean(quality) > np.mean([psnr(c, reference) for c in crops]) + 1.0
+
+
+def test_packets_of_several_frames_draw_the_same_frames_for_fewer_bits(stream, bundled):
+    _, single = _decode(stream[0])
+    _, several = _decode(bundled)
+    assert [f.seq for f in several] == list(range(FRAMES)) and not any(f.concealed for f in several)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(single, several))  # lossless regrouping
+    counts = [Packet.from_bytes(w).frames for group in bundled for w in group if w[0] >> 3 & 3 == PacketKind.FRAME]
+    assert max(counts) == 5 and sum(counts) == FRAMES
+    assert _frame_bytes(bundled) < 0.7 * _frame_bytes(stream[0])
+
+
+def test_a_lost_packet_of_several_frames_costs_only_its_frames(bundled):
+    lost = next(Packet.from_bytes(w) for group in bundled for w in group if Packet.from_bytes(w).seq == 30)
+    assert not lost.key and lost.frames == 5
+    decoder, frames = _decode(bundled, drop=lambda _, p: p.seq == 30 and p.kind == PacketKind.FRAME)
+    assert [f.seq for f in frames if not f.concealed] == [s for s in range(FRAMES) if not 30 <= s < 35]
+    assert not decoder.needs_key  # the packets after it depend on their key only
 
 
 def test_lost_delta_packets_are_concealed(stream):

@@ -27,6 +27,8 @@ EXAMPLES = [
     Packet(MESH, PacketKind.FRAME, 1000, b"abc", key=True, ref_id=7, fps=Fraction(30000, 1001)),
     Packet(MESH, PacketKind.FRAME, 1001, b"\x00" * 9, key_distance=1),
     Packet(MESH, PacketKind.FRAME, 40, b"", key_distance=15),
+    Packet(MESH, PacketKind.FRAME, 48, b"\x05" * 20, key=True, ref_id=1, fps=Fraction(25), frames=4),
+    Packet(MESH, PacketKind.FRAME, 52, b"\x07" * 12, key_distance=4, frames=64),
     Packet(MESH, PacketKind.REFERENCE, 3, b"x" * 5000, ref_id=255),
     Packet(MESH, PacketKind.CONTROL, 9, pack({"request": "key"})),
 ]
@@ -43,6 +45,19 @@ def test_delta_header_is_five_bytes():
     packet = Packet(MESH, PacketKind.FRAME, 5000, b"", key_distance=12)
     assert len(packet.to_bytes()) == 5  # flags, codec, 2-byte seq, 1-byte key distance
     assert packet.key_seq == 4988
+
+
+def test_a_packet_of_n_frames_pays_one_more_header_byte():
+    single = Packet(MESH, PacketKind.FRAME, 5000, b"", key_distance=12)
+    bundle = Packet(MESH, PacketKind.FRAME, 5000, b"", key_distance=12, frames=8)
+    assert len(bundle.to_bytes()) == len(single.to_bytes()) + 1
+    assert (bundle.key_seq, bundle.last_seq) == (4988, 5007)
+
+
+@pytest.mark.parametrize("frames", [0, 65])
+def test_frame_count_is_bounded_on_the_sender_too(frames):
+    with pytest.raises(PacketError, match="1..64 frames"):
+        Packet(MESH, PacketKind.FRAME, 5, b"", key_distance=1, frames=frames).to_bytes()
 
 
 def test_zstd_only_when_smaller():
@@ -85,7 +100,9 @@ def test_unknown_codec_id_is_named():
     [
         (b"", "too short"),
         (bytes([0x20 | (2 << 3) | 0b10, 1, 0]) + b"not zstd", "zstd"),
-        (bytes([0x20 | 0b1, 1, 0]), "reserved"),
+        (bytes([0x20 | (1 << 3) | 0b1, 1, 0, 0, 2]), "frame count on a non-frame"),
+        (bytes([0x20 | 0b1, 1, 5, 1, 1]), "with 1 frames"),
+        (bytes([0x20 | 0b1, 1, 5, 1, 65]), "with 65 frames"),
         (bytes([0x20 | (3 << 3), 1, 0]), "kind"),
         (bytes([0x20, 1, 5, 9]), "impossible key"),
         (b"\x24\x01\x00\x00\x00\x01", "zero frame rate"),

@@ -131,6 +131,7 @@ class FaceSender:
                 if delay > 0:
                     time.sleep(delay)
                 loop.call_soon_threadsafe(offer, encoder.encode(frame))
+            loop.call_soon_threadsafe(offer, encoder.flush())  # frames held back for a packet of several
         finally:
             encoder.close()
             loop.call_soon_threadsafe(offer, None)
@@ -154,7 +155,7 @@ class FaceSender:
                 for packet in packets:
                     wire = packet.to_bytes()
                     if packet.kind == PacketKind.FRAME:
-                        self.last_seq = packet.seq
+                        self.last_seq = packet.last_seq
                     if packet.kind != PacketKind.FRAME:
                         control.send(wire)
                         self.stats.total.reference_bytes += len(wire)
@@ -193,6 +194,7 @@ class FaceReceiver:
         self._bye = False
         self._local_t0 = math.inf
         self._last_seq: int | None = None  # the sender's last frame, told with its bye
+        self._ahead: dict[int, Any] = {}  # frames of a packet of several, decoded before their time
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (seq, local time) of the first frame packet
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
@@ -336,11 +338,17 @@ class FaceReceiver:
                     break
                 if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
                     self.jitter.start(due)
+                    self._ahead = {s: f for s, f in self._ahead.items() if s >= due}
                 while self.jitter.next_seq is not None and self.jitter.next_seq <= due:
                     seq, packet = self.jitter.pop()
-                    frames = await loop.run_in_executor(self._pool, self._decode, packet)
-                    if packet is None:
-                        self.stats.total.frames_concealed += 1
+                    if packet is None and seq in self._ahead:  # came in an earlier packet of several frames
+                        frames = [self._ahead.pop(seq)]
+                    else:
+                        frames = await loop.run_in_executor(self._pool, self._decode, packet)
+                        self._ahead.update((f.seq, f) for f in frames if f.seq > seq)
+                        frames = [f for f in frames if f.seq <= seq]
+                        if packet is None:
+                            self.stats.total.frames_concealed += 1
                     if self._decoder.needs_key and now - last_request > KEY_REQUEST_INTERVAL:
                         wanted = "reference" if self._decoder.needs_reference else "key"
                         send_control(json.dumps({"type": wanted}))

@@ -28,7 +28,7 @@ from ..audio import AudioTimeline, MelSettings
 from ..device import resolve_device
 from ..errors import PacketError, TalkcodecError, WeightsError
 from ..face import CROP_SIZE, FaceObservation
-from ..packet import Packet, decode_image, unpack
+from ..packet import MAX_FRAMES_PER_PACKET, Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
 from ..weights import Weights, load_module, load_weights
 from .stream import StreamDecoder, StreamEncoder, StreamReference
@@ -40,6 +40,7 @@ class LearnedSettings:
     device: str = "cpu"  # where the networks run: cpu, cuda, auto
     key_interval: int = 25  # a key packet every this many frames
     precision: float = 1.0  # quantization step multiplier: 2.0 = coarser motion, fewer bits
+    frames_per_packet: int = 1  # > 1: send frames in packets of this many (fewer bits, n - 1 frames later)
     reference_format: str = "webp"  # or "jpeg"
     reference_quality: int = 90
     refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
@@ -48,6 +49,8 @@ class LearnedSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.key_interval <= 10_000 or not 0.05 <= self.precision <= 100:
             raise TalkcodecError("key_interval must be in 1..10000 and precision in 0.05..100")
+        if not 1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET:
+            raise TalkcodecError(f"frames_per_packet must be in 1..{MAX_FRAMES_PER_PACKET}")
         if self.reference_format not in ("webp", "jpeg"):
             raise TalkcodecError("reference_format must be 'webp' or 'jpeg'")
 

@@ -4,6 +4,9 @@ depend on a reference image.
 Sender (``FramePacketizer``): a key packet every ``key_interval`` frames (or on request, or
 after a new reference) codes its symbols alone; a delta codes the difference from its key's,
 so a lost packet costs one frame. An empty payload means "no face: hold the last frame".
+With ``frames_per_packet`` n > 1 a packet carries up to n consecutive frames (never across
+a key or a reference), each coded against the one before: fewer bits, n - 1 frames later,
+and a lost packet costs its n frames.
 Receiver (``StreamDecoder``): keeps the last few references, follows keys and deltas, conceals
 what it cannot decode (the last frame, else the reference), and says when it needs a key or a
 reference. Codecs subclass it with how a reference packet is read and how symbols are drawn.
@@ -27,33 +30,78 @@ from ..quant import VectorStream
 MAX_REFERENCES = 4  # a decoder keeps the few most recent references
 
 
-class FramePacketizer:
-    """Sender side of key / delta coding for one stream."""
+@dataclass
+class _Run:
+    """Frames held back for one packet: consecutive, with a face, over one reference."""
 
-    def __init__(self, codec_id: int, key_interval: int, fps: Fraction):
+    seq: int
+    ref_id: int
+    key: bool
+    distance: int  # 0 for a key; else seq - its key's seq
+    stream: VectorStream
+    base: np.ndarray | None
+    rows: list[np.ndarray]
+
+
+class FramePacketizer:
+    """Sender side of key / delta coding for one stream; ``frames_per_packet`` > 1 holds frames
+    back and sends them in one packet (one header; each frame predicted from the one before)."""
+
+    def __init__(self, codec_id: int, key_interval: int, fps: Fraction, frames_per_packet: int = 1):
         self.codec_id, self.key_interval, self.fps = codec_id, key_interval, fps
+        self.frames_per_packet = frames_per_packet
         self.want_key = False
         self._key_seq = -1
         self._key_symbols: np.ndarray | None = None
+        self._run: _Run | None = None
 
-    def packet(self, seq: int, ref_id: int, symbols: np.ndarray | None, stream: VectorStream,
-               base: np.ndarray | None = None) -> Packet:  # fmt: skip
-        """The frame packet of ``symbols`` (None: no face) at ``seq``, drawn over ``ref_id``;
-        keys are coded against ``base`` (the reference's own symbols) when given."""
-        distance = seq - self._key_seq
-        if self.want_key or self._key_symbols is None or distance >= self.key_interval:
-            payload = b"" if symbols is None else stream.encode_key(symbols, base)
-            self._key_seq, self._key_symbols, self.want_key = seq, symbols, False
-            return Packet(self.codec_id, PacketKind.FRAME, seq, payload, key=True, ref_id=ref_id, fps=self.fps)
-        payload = b"" if symbols is None else stream.encode_delta(symbols, self._key_symbols, distance)
-        return Packet(self.codec_id, PacketKind.FRAME, seq, payload, key_distance=distance)
+    def _key_due(self, seq: int) -> bool:
+        return self.want_key or self._key_symbols is None or seq - self._key_seq >= self.key_interval
+
+    def add(self, seq: int, ref_id: int, symbols: np.ndarray | None, stream: VectorStream,
+            base: np.ndarray | None = None) -> list[Packet]:  # fmt: skip
+        """The packets made ready by frame ``seq`` (``symbols`` None: no face) drawn over
+        ``ref_id``; keys are coded against ``base`` (the reference's own symbols) when given."""
+        out: list[Packet] = []
+        if self._run is not None and (symbols is None or ref_id != self._run.ref_id or self._key_due(seq)):
+            out += self.flush()
+        if symbols is None:  # a hold goes alone, at once
+            if self._key_due(seq):
+                self._key_seq, self._key_symbols, self.want_key = seq, None, False
+                out.append(Packet(self.codec_id, PacketKind.FRAME, seq, b"", key=True, ref_id=ref_id, fps=self.fps))
+            else:
+                out.append(Packet(self.codec_id, PacketKind.FRAME, seq, b"", key_distance=seq - self._key_seq))
+            return out
+        if self._run is None:
+            key = self._key_due(seq)
+            if key:
+                self._key_seq, self._key_symbols, self.want_key = seq, symbols, False
+            self._run = _Run(seq, ref_id, key, seq - self._key_seq, stream, base, [])
+        self._run.rows.append(symbols)
+        if len(self._run.rows) >= self.frames_per_packet:
+            out += self.flush()
+        return out
+
+    def flush(self) -> list[Packet]:
+        """The packet of the frames held back, if any."""
+        run, self._run = self._run, None
+        if run is None:
+            return []
+        rows = np.stack(run.rows)  # (n, D)
+        if run.key:
+            return [Packet(self.codec_id, PacketKind.FRAME, run.seq, run.stream.encode_key(rows, run.base),
+                           key=True, ref_id=run.ref_id, fps=self.fps, frames=len(rows))]  # fmt: skip
+        assert self._key_symbols is not None
+        payload = run.stream.encode_delta(rows, self._key_symbols, run.distance)
+        return [Packet(self.codec_id, PacketKind.FRAME, run.seq, payload, key_distance=run.distance, frames=len(rows))]
 
 
 class StreamEncoder(Encoder):
     """Sender side shared by the codecs: the face front end, reference ids, key and reference
     requests, and when to send a new reference (first frame, moved crop, request, face found
     again, head turned ``refresh_degrees`` from the reference's). Subclasses say what a frame
-    sends. ``settings`` needs key_interval, crop, refresh_degrees, reference_format/quality."""
+    sends. ``settings`` needs key_interval, frames_per_packet, crop, refresh_degrees and
+    reference_format / reference_quality."""
 
     stream: VectorStream
     key_base: np.ndarray | None = None  # what keys are coded against (None: the typical values)
@@ -61,7 +109,7 @@ class StreamEncoder(Encoder):
     def __init__(self, codec: Codec, fps: Fraction, settings: Any, segmentation: bool = False):
         self.codec, self.settings = codec, settings
         self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=segmentation)
-        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps)
+        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, settings.frames_per_packet)
         self.last_observation: FaceObservation | None = None
         self._seq, self._ref_id = 0, -1
         self._ref_angles: np.ndarray | None = None  # head angles of the current reference; None: no face in it
@@ -97,6 +145,7 @@ class StreamEncoder(Encoder):
         found_again = symbols is not None and self._ref_angles is None
         packets: list[Packet] = []
         if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
+            packets += self.packets.flush()  # frames held back over the old reference go first
             self._ref_id = (self._ref_id + 1) % 256
             settings = self.settings
             meta = {"image": encode_image(observation.crop, settings.reference_format, settings.reference_quality),
@@ -104,9 +153,12 @@ class StreamEncoder(Encoder):
             packets.append(Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id))
             self._ref_angles = angles
             self._want_reference, self.packets.want_key = False, True
-        packets.append(self.packets.packet(self._seq, self._ref_id, symbols, self.stream, self.key_base))
+        packets += self.packets.add(self._seq, self._ref_id, symbols, self.stream, self.key_base)
         self._seq += 1
         return packets
+
+    def flush(self) -> list[Packet]:
+        return self.packets.flush()
 
     def close(self) -> None:
         self.tracker.close()
@@ -159,6 +211,15 @@ class StreamDecoder(Decoder):
         self._last = frame
         return [frame]
 
+    def _conceal(self, packet: Packet, needs_key: bool = True) -> list[Frame]:
+        """Hold frames for every frame ``packet`` carries; ``needs_key`` as given."""
+        self._needs_key = needs_key
+        return [f for seq in range(packet.seq, packet.last_seq + 1) for f in self._emit(None, seq, needs_key)]
+
+    def _draw(self, reference: StreamReference, rows: np.ndarray, seq: int) -> list[Frame]:
+        """Frames ``seq`` .. of the (n, D) symbol rows."""
+        return [f for i, row in enumerate(rows) for f in self._emit(self.render(reference, row, seq + i), seq + i, False)]
+
     def decode(self, packet: Packet | None) -> list[Frame]:
         if packet is None:
             return self._emit(None, self._last.seq + 1 if self._last else 0, True)
@@ -179,22 +240,19 @@ class StreamDecoder(Decoder):
             self._key_seq, self._key_symbols = packet.seq, None
             self._needs_reference = self._ref is None
             if self._ref is None:
-                self._needs_key = True  # the reference was lost: the sender must resend it
-                return self._emit(None, packet.seq, True)
+                return self._conceal(packet)  # the reference was lost: the sender must resend it
             if not packet.payload or self._ref.stream is None:
-                self._needs_key = False
-                return self._emit(None, packet.seq, False)  # no face: hold
+                return self._conceal(packet, needs_key=False)  # no face: hold
             try:
-                self._key_symbols = self._ref.stream.decode_key(packet.payload, self._ref.base)
+                rows = self._ref.stream.decode_key(packet.payload, self._ref.base, packet.frames)
             except PacketError:
                 self._needs_key = True  # a corrupt key: its deltas cannot decode either
                 raise
-            self._needs_key = False
-            return self._emit(self.render(self._ref, self._key_symbols, packet.seq), packet.seq, False)
+            self._key_symbols, self._needs_key = rows[0], False
+            return self._draw(self._ref, rows, packet.seq)
         if packet.key_seq != self._key_seq or self._ref is None:
-            self._needs_key = True  # its key never arrived
-            return self._emit(None, packet.seq, True)
+            return self._conceal(packet)  # its key never arrived
         if not packet.payload or self._key_symbols is None or self._ref.stream is None:
-            return self._emit(None, packet.seq, self._needs_key)  # a hold; concealment if the key was bad
-        symbols = self._ref.stream.decode_delta(packet.payload, self._key_symbols, packet.key_distance)
-        return self._emit(self.render(self._ref, symbols, packet.seq), packet.seq, False)
+            return self._conceal(packet, self._needs_key)  # a hold; concealment if the key was bad
+        rows = self._ref.stream.decode_delta(packet.payload, self._key_symbols, packet.key_distance, packet.frames)
+        return self._draw(self._ref, rows, packet.seq)
