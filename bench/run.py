@@ -23,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import InputError, TalkcodecError
+from ..packet import MAX_FRAMES_PER_PACKET
 from .clips import Clip, expand, load_clip
 from .codecs import CONVENTIONAL, Coded, run_talkcodec
 
@@ -165,6 +166,10 @@ def run(args: argparse.Namespace) -> dict:
     weights = dict(w.split("=", 1) for w in args.weights if "=" in w)
     if len(weights) != len(args.weights):
         raise TalkcodecError("bench: --weights expects CODEC=PATH")
+    if args.tail is not None and not 0 < args.tail < 1:
+        raise TalkcodecError(f"bench: --tail is a fraction in (0, 1), got {args.tail:g}")
+    if not 1 <= args.frames_per_packet <= MAX_FRAMES_PER_PACKET:
+        raise TalkcodecError(f"bench: --frames-per-packet must be in 1..{MAX_FRAMES_PER_PACKET}")
     cells = _cells(codecs, kbps, weights, args.frames_per_packet)
     if args.anchor not in codecs:
         raise TalkcodecError(f"bench: the anchor {args.anchor!r} is not among --codecs")

@@ -10,6 +10,8 @@ from talkcodec.bench.lpips import lpips
 from talkcodec.bench.quality import flicker, landmark_distance, measure, structural
 from talkcodec.bench.run import main as bench_main
 
+from talkcodec.errors import TalkcodecError
+
 
 @pytest.fixture(scope="module")
 def moving_face(astronaut_frame):
@@ -107,6 +109,27 @@ def test_bench_end_to_end_resumes_and_skips_bad_inputs(sample_video, noface_vide
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
     assert bench_main(args) == 0  # resumes: every cell is read back, none is recomputed
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+
+
+def test_tail_codes_the_part_the_trainer_held_out(sample_video, tmp_path):
+    from talkcodec.bench.clips import load_clip, tail_start
+
+    from talkcodec.training.data import Split, split_ranges
+    from talkcodec.video import probe
+
+    class Frames:  # what split_ranges needs of a cached clip: a name and a length
+        name = "sample"
+
+        def __len__(self):
+            return round(probe(sample_video).duration * 25)
+
+    (_, held_out_from, _), = split_ranges([Frames()], Split(held_out=(), tail=0.2))[1]
+    assert tail_start(sample_video, 0.2) == held_out_from > 0
+    tail, head = load_clip(sample_video, tmp_path, 1.0, tail=0.2), load_clip(sample_video, tmp_path, 1.0)
+    assert len(tail.frames) == len(head.frames) == 25 and not np.array_equal(tail.frames[0], head.frames[0])
+    assert tail.audio is not None and abs(len(tail.audio) - 16000) < 800
+    with pytest.raises(TalkcodecError, match="--tail is a fraction"):
+        bench_main([str(sample_video), "--tail", "1.5", "--out", str(tmp_path / "x"), "-q"])
 
 
 @pytest.mark.parametrize(

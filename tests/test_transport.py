@@ -15,7 +15,7 @@ from talkcodec.packet import Packet, PacketKind
 SECONDS = 3.0
 
 
-def _call(sample, loss=0.0, **receiver):
+def _call(sample, loss=0.0, settings=None, **receiver):
     async def run():
         frames = []
 
@@ -29,7 +29,7 @@ def _call(sample, loss=0.0, **receiver):
                     return
 
         use_loopback_only()
-        a, b = Peer(CallOptions(input=str(sample), seconds=SECONDS, loss=loss)), Peer(CallOptions(**receiver))
+        a, b = Peer(CallOptions(input=str(sample), seconds=SECONDS, loss=loss, settings=settings or {})), Peer(CallOptions(**receiver))
         await a.pc.setRemoteDescription(await b.answer(await a.offer()))
         watcher = asyncio.ensure_future(watch(b.receiver.track))
         reasons = await asyncio.gather(a.run(), b.run())
@@ -63,6 +63,16 @@ def test_the_recording_has_the_face_and_the_audio(clean_call):
         durations = {s.type: float(s.duration * s.time_base) for s in container.streams}
     assert durations["video"] == pytest.approx(SECONDS, abs=0.05)
     assert durations["audio"] == pytest.approx(SECONDS, abs=0.1)
+
+
+def test_a_call_in_packets_of_several_frames_shows_every_frame_in_order(sample_video):
+    a, b, reason, frames = _call(sample_video, settings={"frames_per_packet": 4})
+    sent, got = a.stats.total, b.stats.total
+    assert reason == "the other side hung up" and got.frames_concealed == 0
+    assert got.frames_shown == len(frames) == SECONDS * 25
+    assert [seq for seq, _ in b.receiver.shown] == list(range(int(SECONDS * 25)))
+    assert sent.frame_packets_sent == got.frame_packets_received < SECONDS * 25 / 3
+    assert {b.pts - a.pts for a, b in zip(frames, frames[1:])} == {3600}
 
 
 @pytest.mark.parametrize("loss", [0.1, 0.3])

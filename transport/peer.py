@@ -8,8 +8,9 @@ bye). Audio is an ordinary Opus track.
 Sender: capture + encode run in a worker thread paced on the frame clock, feeding a bounded
 asyncio queue; the event loop sends, dropping frame packets while the channel's buffer is
 full (congestion) instead of queueing without bound.
-Receiver: jitter buffer keyed on seq, playout ``playout_delay`` after capture time, decoding
-on a worker thread, concealment for missing packets, key requests when the decoder needs a
+Receiver: jitter buffer keyed on seq, playout ``playout_delay`` after capture time (plus the
+frames a sender holds back for packets of several frames, whose later frames wait decoded until
+their time), decoding on a worker thread, concealment for missing packets, key requests when the decoder needs a
 key, output as a ``RegeneratedTrack`` and optionally an mp4 recording with the audio.
 """
 
@@ -196,7 +197,9 @@ class FaceReceiver:
         self._last_seq: int | None = None  # the sender's last frame, told with its bye
         self._ahead: dict[int, Any] = {}  # frames of a packet of several, decoded before their time
         self._last_arrival = time.time()
-        self._first_arrival: tuple[int, float] | None = None  # (seq, local time) of the first frame packet
+        self._first_arrival: tuple[int, float] | None = None  # (last seq, local time) of the first frame packet
+        self._first_seq = 0  # the first frame packet's first seq: where playout starts
+        self._held_back_s = 0.0  # how long the sender holds frames back for packets of several
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
         self._audio_fed: int | None = None  # samples given to an audio-driven decoder
         self._record_start = 0  # seq of the first recorded frame
@@ -247,12 +250,15 @@ class FaceReceiver:
             self.stats.total.frame_packets_received += 1
             self.stats.total.frame_bytes_received += len(data)
             arrived = time.time()
+            # A packet leaves right after its LAST frame is captured: times are taken from that frame,
+            # and a packet of n frames makes every frame wait n - 1 frames more before it can play.
             if self._first_arrival is None:
-                self._first_arrival = (packet.seq, arrived)
+                self._first_arrival, self._first_seq = (packet.last_seq, arrived), packet.seq
+            self._held_back_s = max(self._held_back_s, (packet.frames - 1) / self._fps)
             # Playout runs on this machine's clock: the earliest (least delayed) arrival fixes
             # when frame 0 would have arrived; the sender's t0 is only used for latency figures.
             if self._t0 is not None:  # the frame rate is known
-                self._local_t0 = min(self._local_t0, arrived - packet.seq / self._fps)
+                self._local_t0 = min(self._local_t0, arrived - packet.last_seq / self._fps)
             self.jitter.push(packet)
         else:
             self._pool.submit(self._decode, packet, False)  # references in order, on the decode thread
@@ -327,10 +333,11 @@ class FaceReceiver:
                     await asyncio.sleep(0.01)
                     continue
                 if self.jitter.next_seq is None:
-                    self.jitter.start(self._first_arrival[0])
+                    self.jitter.start(self._first_seq)
                     first_seq, first_time = self._first_arrival
                     self._local_t0 = min(self._local_t0, first_time - first_seq / self._fps)
-                due = int((now - self._local_t0 - self.playout_delay) * self._fps)  # last seq whose time has come
+                delay = self.playout_delay + self._held_back_s
+                due = int((now - self._local_t0 - delay) * self._fps)  # last seq whose time has come
                 if self._last_seq is not None:
                     due = min(due, self._last_seq)  # nothing comes after the last frame: no concealing past it
                 if self._bye and not len(self.jitter) and (self._last_seq is None or self.jitter.next_seq > self._last_seq):
@@ -367,7 +374,7 @@ class FaceReceiver:
                             for _ in range(frame.seq - self._record_start - writer.frames_written + 1):
                                 writer.write(frame.image)  # holds for frames that never came
                         self._display(frame.image)
-                next_due = self._local_t0 + self.playout_delay + (self.jitter.next_seq or 0) / self._fps
+                next_due = self._local_t0 + delay + (self.jitter.next_seq or 0) / self._fps
                 await asyncio.sleep(min(max(next_due - time.time(), 0.001), 0.1))
         finally:
             self.track.put(None)
