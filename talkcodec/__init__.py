@@ -3,7 +3,7 @@
     import talkcodec
     codec = talkcodec.get_codec("mesh")          # talkcodec.list_codecs() names them all
     enc, dec = codec.encoder(fps=25), codec.decoder()
-    packets = enc.encode(frame_rgb)               # list[Packet], [] allowed
+    packets = enc.encode(frame_rgb)               # list[Packet], [] allowed; enc.flush() at the end
     frames = dec.decode(talkcodec.Packet.from_bytes(packets[0].to_bytes()))
 """
 

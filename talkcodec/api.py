@@ -2,11 +2,11 @@
 
     codec = talkcodec.get_codec("mesh")
     enc, dec = codec.encoder(fps=25), codec.decoder()
-    for rgb in frames:
-        for packet in enc.encode(rgb):            # [] is allowed, several are too
+    for packets in [*map(enc.encode, frames), enc.flush()]:  # flush: what is held back at the end
+        for packet in packets:                     # [] is allowed, several are too
             wire = packet.to_bytes()               # what the network carries
             for frame in dec.decode(talkcodec.Packet.from_bytes(wire)):
-                show(frame.image)                  # (256, 256, 3) uint8 RGB
+                show(frame.image)                  # (256, 256, 3) uint8 RGB; a packet may carry several
     dec.decode(None)                               # a lost packet: a concealed frame
 """
 
@@ -48,7 +48,7 @@ class Encoder(ABC):
         """Encode one (H, W, 3) uint8 RGB frame (any size) and the audio captured with it."""
 
     def flush(self) -> list[Packet]:
-        """Packets still held back at the end of the stream (none for the current codecs)."""
+        """Packets still held back at the end of the stream (frames waiting for a packet of several)."""
         return []
 
     def request_key(self) -> None:

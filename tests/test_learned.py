@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 """The learned codecs' plumbing with tiny random networks: weights files, coding, packets."""
 
 import json
@@ -40,10 +42,29 @@ def learned(request, tmp_path_factory, sample_video):
     """(codec name, weights path, wire bytes per frame) of the sample through a tiny random model."""
     name = request.param
     path = _tiny_weights(name, tmp_path_factory.mktemp(name) / "weights.safetensors")
-    encoder = talkcodec.get_codec(name, weights=str(path)).encoder(fps=25)
-    wires = [[p.to_bytes() for p in encoder.encode(f)] for f in read_frames(sample_video, fps=25, max_seconds=FRAMES / 25)]
+    return name, path, _encode(name, path, sample_video, frames_per_packet=1)
+
+
+def _encode(name, path, video, **settings):
+    """Wire bytes per input frame (the packets held back come with the last one)."""
+    encoder = talkcodec.get_codec(name, weights=str(path), **settings).encoder(fps=25)
+    wires = [[p.to_bytes() for p in encoder.encode(f)] for f in read_frames(video, fps=25, max_seconds=FRAMES / 25)]
+    wires[-1] += [p.to_bytes() for p in encoder.flush()]
     encoder.close()
-    return name, path, wires
+    return wires
+
+
+def _decode(name, path, wires, video):
+    from talkcodec.audio import load_audio
+
+    decoder = talkcodec.get_codec(name, weights=str(path)).decoder()
+    assert decoder.uses_audio
+    decoder.push_audio(load_audio(video, 16000, max_seconds=2), 16000)
+    return [f for group in wires for wire in group for f in decoder.decode(Packet.from_bytes(wire))]
+
+
+def _frame_bytes(wires):
+    return sum(len(w) for g in wires for w in g if Packet.from_bytes(w).kind == PacketKind.FRAME)
 
 
 @pytest.mark.parametrize("name", ["avfr", "apb"])
@@ -59,21 +80,25 @@ def test_without_weights_the_codec_says_how_to_get_them(name, monkeypatch):
 
 def test_encode_packets_decode_roundtrip(learned, sample_video):
     name, path, wires = learned
-    decoder = talkcodec.get_codec(name, weights=str(path)).decoder()
-    assert decoder.uses_audio
-    from talkcodec.audio import load_audio
-
-    decoder.push_audio(load_audio(sample_video, 16000, max_seconds=2), 16000)
-    frames = []
-    for group in wires:
-        for wire in group:
-            frames += decoder.decode(Packet.from_bytes(wire))
+    frames = _decode(name, path, wires, sample_video)
     assert [f.seq for f in frames] == list(range(FRAMES))
     assert all(f.image.shape == (256, 256, 3) and f.image.dtype == np.uint8 and not f.concealed for f in frames)
     assert len({f.image.tobytes() for f in frames}) > FRAMES // 2  # frames follow the motion, not a held image
-    frame_bytes = sum(len(w) for g in wires for w in g if Packet.from_bytes(w).kind == PacketKind.FRAME)
-    kbps = frame_bytes * 8 / 1000 / (FRAMES / 25)
+    kbps = _frame_bytes(wires) * 8 / 1000 / (FRAMES / 25)
     assert kbps < {"avfr": 12, "apb": 3}[name]  # random-network keypoints; trained ones code tighter
+
+
+def test_by_default_packets_carry_the_frames_the_audio_look_ahead_hides(learned, sample_video):
+    name, path, single = learned
+    codec = talkcodec.get_codec(name, weights=str(path))
+    assert codec.mel.lookahead_s == 0.1  # so: n - 1 frame intervals <= 100 ms
+    assert (codec.frames_per_packet(Fraction(25)), codec.frames_per_packet(Fraction(30))) == (3, 4)
+    several = _encode(name, path, sample_video)
+    counts = [Packet.from_bytes(w).frames for g in several for w in g if Packet.from_bytes(w).kind == PacketKind.FRAME]
+    assert max(counts) == 3 and sum(counts) == FRAMES
+    assert _frame_bytes(several) < 0.75 * _frame_bytes(single)
+    for a, b in zip(_decode(name, path, single, sample_video), _decode(name, path, several, sample_video), strict=True):
+        assert a.seq == b.seq and np.array_equal(a.image, b.image)
 
 
 def test_stream_from_other_weights_is_refused(learned, tmp_path):
@@ -229,8 +254,8 @@ def test_shipped_weights_load_by_default_and_draw_the_sample(name, sample_video)
     assert codec.weights.path.endswith(f"data/{name}.safetensors") and codec.weights.info["step"] > 0
     encoder, decoder = codec.encoder(fps=25), codec.decoder()
     frames = []
-    for rgb in read_frames(sample_video, fps=25, max_seconds=0.4):
-        for packet in encoder.encode(rgb):
+    for packets in [*map(encoder.encode, read_frames(sample_video, fps=25, max_seconds=0.4)), encoder.flush()]:
+        for packet in packets:
             frames += decoder.decode(Packet.from_bytes(packet.to_bytes()))
     encoder.close()
     crop = encoder.last_observation.crop.astype(np.float32)

@@ -8,9 +8,10 @@ bye). Audio is an ordinary Opus track.
 Sender: capture + encode run in a worker thread paced on the frame clock, feeding a bounded
 asyncio queue; the event loop sends, dropping frame packets while the channel's buffer is
 full (congestion) instead of queueing without bound.
-Receiver: jitter buffer keyed on seq, playout ``playout_delay`` after capture time (plus the
-frames a sender holds back for packets of several frames, whose later frames wait decoded until
-their time), decoding on a worker thread, concealment for missing packets, key requests when the decoder needs a
+Receiver: jitter buffer keyed on seq, playout ``playout_delay`` after capture time, or longer
+when a frame cannot be drawn sooner (an audio-driven decoder's look-ahead, frames a sender
+holds back for packets of several: their later frames wait decoded until their time), decoding
+on a worker thread, concealment for missing packets, key requests when the decoder needs a
 key, output as a ``RegeneratedTrack`` and optionally an mp4 recording with the audio.
 """
 
@@ -177,6 +178,9 @@ class FaceSender:
             self._encoder.close()
 
 
+JITTER_MARGIN_S = 0.08  # playout margin over the longest wait for a frame's data
+
+
 class FaceReceiver:
     def __init__(self, stats: CallStats | None = None, playout_delay: float = 0.12, vanish_after: float = 5.0,
                  record: str | Path | None = None, show: bool = False, virtual_camera: bool = False,
@@ -199,7 +203,7 @@ class FaceReceiver:
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (last seq, local time) of the first frame packet
         self._first_seq = 0  # the first frame packet's first seq: where playout starts
-        self._held_back_s = 0.0  # how long the sender holds frames back for packets of several
+        self._wait_s = 0.0  # the longest a frame must wait for its data: audio look-ahead, held-back frames
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
         self._audio_fed: int | None = None  # samples given to an audio-driven decoder
         self._record_start = 0  # seq of the first recorded frame
@@ -245,7 +249,7 @@ class FaceReceiver:
                 self.abort(f"cannot decode the other side's {packet.codec} stream: {exc}")
                 return None
             # an audio-driven decoder draws a frame once lookahead_s of audio after it has arrived
-            self.playout_delay = max(self.playout_delay, self._decoder.lookahead_s + 0.08)
+            self._wait_s = max(self._wait_s, self._decoder.lookahead_s)
         if packet.kind == PacketKind.FRAME:
             self.stats.total.frame_packets_received += 1
             self.stats.total.frame_bytes_received += len(data)
@@ -254,7 +258,7 @@ class FaceReceiver:
             # and a packet of n frames makes every frame wait n - 1 frames more before it can play.
             if self._first_arrival is None:
                 self._first_arrival, self._first_seq = (packet.last_seq, arrived), packet.seq
-            self._held_back_s = max(self._held_back_s, (packet.frames - 1) / self._fps)
+            self._wait_s = max(self._wait_s, (packet.frames - 1) / self._fps)
             # Playout runs on this machine's clock: the earliest (least delayed) arrival fixes
             # when frame 0 would have arrived; the sender's t0 is only used for latency figures.
             if self._t0 is not None:  # the frame rate is known
@@ -336,7 +340,7 @@ class FaceReceiver:
                     self.jitter.start(self._first_seq)
                     first_seq, first_time = self._first_arrival
                     self._local_t0 = min(self._local_t0, first_time - first_seq / self._fps)
-                delay = self.playout_delay + self._held_back_s
+                delay = max(self.playout_delay, self._wait_s + JITTER_MARGIN_S)
                 due = int((now - self._local_t0 - delay) * self._fps)  # last seq whose time has come
                 if self._last_seq is not None:
                     due = min(due, self._last_seq)  # nothing comes after the last frame: no concealing past it

@@ -40,7 +40,9 @@ class LearnedSettings:
     device: str = "cpu"  # where the networks run: cpu, cuda, auto
     key_interval: int = 25  # a key packet every this many frames
     precision: float = 1.0  # quantization step multiplier: 2.0 = coarser motion, fewer bits
-    frames_per_packet: int = 1  # > 1: send frames in packets of this many (fewer bits, n - 1 frames later)
+    # frames sent per packet (fewer bits, n - 1 frames later); None: as many as the receiver's audio
+    # look-ahead hides anyway (3 at 25 fps with the shipped weights' 100 ms), so it adds no delay
+    frames_per_packet: int | None = None
     reference_format: str = "webp"  # or "jpeg"
     reference_quality: int = 90
     refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
@@ -49,7 +51,7 @@ class LearnedSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.key_interval <= 10_000 or not 0.05 <= self.precision <= 100:
             raise TalkcodecError("key_interval must be in 1..10000 and precision in 0.05..100")
-        if not 1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET:
+        if self.frames_per_packet is not None and not 1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET:
             raise TalkcodecError(f"frames_per_packet must be in 1..{MAX_FRAMES_PER_PACKET}")
         if self.reference_format not in ("webp", "jpeg"):
             raise TalkcodecError("reference_format must be 'webp' or 'jpeg'")
@@ -179,6 +181,13 @@ class LearnedCodec(Codec):
         """Receiver: (256, 256, 3) uint8 frame from the reference state, the vector and the
         (n_mels, steps) log-mel window of the frame's audio."""
 
+    def frames_per_packet(self, fps: Fraction) -> int:
+        """The setting, or by default the most frames whose hold-back (n - 1 frame intervals)
+        fits in the audio look-ahead a receiver waits for anyway."""
+        if self.settings.frames_per_packet is not None:
+            return self.settings.frames_per_packet
+        return min(1 + int(self.mel.lookahead_s * fps + 1e-9), MAX_FRAMES_PER_PACKET)
+
     def encoder(self, fps: float | Fraction = 25) -> LearnedEncoder:
         return LearnedEncoder(self, Fraction(fps).limit_denominator(1001))
 
@@ -188,7 +197,7 @@ class LearnedCodec(Codec):
 
 class LearnedEncoder(StreamEncoder):
     def __init__(self, codec: LearnedCodec, fps: Fraction):
-        super().__init__(codec, fps, codec.settings, segmentation=codec.segmentation)
+        super().__init__(codec, fps, codec.settings, codec.segmentation, codec.frames_per_packet(fps))
         self.learned = codec
         self.stream = codec.stream
 

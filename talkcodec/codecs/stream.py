@@ -100,16 +100,18 @@ class StreamEncoder(Encoder):
     """Sender side shared by the codecs: the face front end, reference ids, key and reference
     requests, and when to send a new reference (first frame, moved crop, request, face found
     again, head turned ``refresh_degrees`` from the reference's). Subclasses say what a frame
-    sends. ``settings`` needs key_interval, frames_per_packet, crop, refresh_degrees and
-    reference_format / reference_quality."""
+    sends. ``settings`` needs key_interval, frames_per_packet (unless given), crop,
+    refresh_degrees and reference_format / reference_quality."""
 
     stream: VectorStream
     key_base: np.ndarray | None = None  # what keys are coded against (None: the typical values)
 
-    def __init__(self, codec: Codec, fps: Fraction, settings: Any, segmentation: bool = False):
+    def __init__(self, codec: Codec, fps: Fraction, settings: Any, segmentation: bool = False,
+                 frames_per_packet: int | None = None):  # fmt: skip
         self.codec, self.settings = codec, settings
         self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=segmentation)
-        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, settings.frames_per_packet)
+        frames = frames_per_packet or settings.frames_per_packet
+        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, frames)
         self.last_observation: FaceObservation | None = None
         self._seq, self._ref_id = 0, -1
         self._ref_angles: np.ndarray | None = None  # head angles of the current reference; None: no face in it
