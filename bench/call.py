@@ -2,7 +2,7 @@
 one per codec, reporting end-to-end latency (capture -> display, median and 95th percentile),
 received fps, kbps on the wire (frame packets, reference, Opus audio) and peak memory.
 
-    python -m talkcodec.bench.call CLIP --seconds 60 --codecs mesh --out DIR
+    python -m talkcodec.bench.call CLIP --seconds 60 --codecs mesh --out DIR [--set frames_per_packet=1]
 
 Peak memory is the process's resident memory above its level before the call, and so holds
 BOTH peers (sender with mediapipe, receiver with the decoder).
@@ -20,18 +20,20 @@ import numpy as np
 from .run import PeakMemory
 
 
-def call_once(clip: str, codec: str, seconds: float) -> dict:
+def call_once(clip: str, codec: str, seconds: float, settings: dict | None = None) -> dict:
     from ..transport.call import CallOptions, loopback
 
+    settings = settings or {}
     with PeakMemory() as memory:
         sender, receiver, reason = asyncio.run(
-            loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds), CallOptions())
+            loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds, settings=settings), CallOptions())
         )
     summary = receiver.stats.summary()
     records = receiver.stats.records[1:-1]  # whole seconds only (not the start-up and the last partial one)
     seconds_played = max(summary["seconds"], 1e-6)
     return {
-        "clip": Path(clip).name, "codec": codec, "seconds": seconds, "ended": reason,
+        "clip": Path(clip).name, "codec": codec, "settings": settings, "seconds": seconds, "ended": reason,
+        "frames_per_packet": sender.sender.frames_per_packet,
         "latency_ms_median": summary["latency_ms_median"], "latency_ms_p95": summary["latency_ms_p95"],
         "fps_received": round(float(np.mean([r["fps_shown"] for r in records])), 2) if records else None,
         "frame_kbps": round(receiver.stats.total.frame_bytes_received * 8 / 1000 / seconds, 2),
@@ -48,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--codecs", default="mesh", help="comma-separated talkcodec codecs")
     parser.add_argument("--out", default="results", help="folder for call.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sender setting, e.g. frames_per_packet=1")
     args = parser.parse_args(argv)
-    results = [call_once(args.clip, codec.strip(), args.seconds) for codec in args.codecs.split(",")]
+    from ..cli import _parse_settings
+
+    settings = _parse_settings(args.set)
+    results = [call_once(args.clip, codec.strip(), args.seconds, settings) for codec in args.codecs.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "call.json").write_text(json.dumps(results, indent=1))

@@ -29,6 +29,7 @@ class Coded:
     reference_bytes: int = 0  # talkcodec only: the reference image(s)
     encode_s: float = 0.0
     decode_s: float = 0.0
+    frames_per_packet: int = 1  # talkcodec: the most frames a packet carried
     extra: dict = field(default_factory=dict)
 
 
@@ -131,9 +132,9 @@ def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float, aud
     encoder.close()
     decoded: list[np.ndarray] = []
     start = time.perf_counter()
-    for wire in wires:
-        decoded += [f.image for f in decoder.decode(Packet.from_bytes(wire))]
+    for frames_out in [*(decoder.decode(Packet.from_bytes(wire)) for wire in wires), decoder.flush()]:
+        decoded += [f.image for f in frames_out]
     decode_s = time.perf_counter() - start
     if len(decoded) != len(frames):
         raise RuntimeError(f"{name}: {len(frames)} frames in, {len(decoded)} out")
-    return Coded(np.stack(decoded), frame_bytes, reference_bytes, encode_s, decode_s)
+    return Coded(np.stack(decoded), frame_bytes, reference_bytes, encode_s, decode_s, encoder.frames_per_packet)

@@ -147,10 +147,17 @@ def _span(settings: dict) -> str:
     return f"first {settings['seconds']:g} s each"
 
 
-def _packets(settings: dict) -> str:
-    n = settings.get("frames_per_packet", 1)
-    return "" if n == 1 else (f" talkcodec sends {n} frames per packet (one header; the receiver gets each frame "
-                              f"{n - 1} frame(s) later than with one per packet).")  # fmt: skip
+def _packets(report: dict) -> str:
+    """Frames per packet each talkcodec codec used, in words."""
+    used: dict[str, set[int]] = {}
+    for r in report["cells"]:
+        if r["codec"] not in CONVENTIONAL:
+            used.setdefault(r["codec"], set()).add(r.get("frames_per_packet", 1))
+    if not used:
+        return ""
+    each = ", ".join(f"{c} {'/'.join(map(str, sorted(n)))}" for c, n in sorted(used.items()))
+    return (f" Frames per packet: {each} (a packet of n frames pays one header; its receiver gets each frame "
+            f"n - 1 frame intervals later than with one per packet).")  # fmt: skip
 
 
 def markdown(report: dict) -> str:
@@ -164,7 +171,7 @@ def markdown(report: dict) -> str:
         f"flicker on all. Machine: {report['machine']['processor']}, {report['machine']['cpus']} CPUs; "
         f"fps are single-stream: conventional codecs on one thread, talkcodec's networks on "
         f"{_threads(report)} PyTorch thread(s) (`--jobs 1` gives them every core; `--jobs N` one each)."
-        f"{_packets(report['settings'])}",
+        f"{_packets(report)}",
         "",
         "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | landmark | flicker | enc fps | dec fps | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -105,6 +105,7 @@ def run_cell(
         "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
         "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
         "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s, "tail": tail,
+        "frames_per_packet": coded.frames_per_packet,
     }  # fmt: skip
     result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
     return result
@@ -119,14 +120,14 @@ def _one_thread_each() -> None:
     cv2.setNumThreads(1)
 
 
-def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames_per_packet: int = 1) -> list[tuple[str, dict[str, Any]]]:
+def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames_per_packet: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     cells: list[tuple[str, dict[str, Any]]] = []
     for codec in codecs:
         if codec in CONVENTIONAL:
             cells += [(codec, {"kbps": k}) for k in kbps]
         elif codec in TALKCODEC_SWEEPS:
             extra: dict[str, Any] = {"weights": weights[codec]} if codec in weights else {}
-            if frames_per_packet > 1:
+            if frames_per_packet is not None:
                 extra["frames_per_packet"] = frames_per_packet
             cells += [(codec, {**s, **extra}) for s in TALKCODEC_SWEEPS[codec]]
         else:
@@ -146,8 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
     parser.add_argument("--weights", action="append", default=[], metavar="CODEC=PATH",
                         help="weights for a learned codec (avfr, apb), e.g. apb=run/weights.safetensors")
-    parser.add_argument("--frames-per-packet", type=int, default=1, metavar="N",
-                        help="talkcodec codecs send N frames per packet: fewer bits, N-1 frames of delay (default 1)")
+    parser.add_argument("--frames-per-packet", type=int, default=None, metavar="N",
+                        help="talkcodec codecs send N frames per packet: fewer bits, N-1 frames of delay "
+                             "(default: each codec's own, 1 for mesh, 3 at 25 fps for avfr / apb)")  # fmt: skip
     parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
     parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
         raise TalkcodecError("bench: --weights expects CODEC=PATH")
     if args.tail is not None and not 0 < args.tail < 1:
         raise TalkcodecError(f"bench: --tail is a fraction in (0, 1), got {args.tail:g}")
-    if not 1 <= args.frames_per_packet <= MAX_FRAMES_PER_PACKET:
+    if args.frames_per_packet is not None and not 1 <= args.frames_per_packet <= MAX_FRAMES_PER_PACKET:
         raise TalkcodecError(f"bench: --frames-per-packet must be in 1..{MAX_FRAMES_PER_PACKET}")
     cells = _cells(codecs, kbps, weights, args.frames_per_packet)
     if args.anchor not in codecs:
@@ -196,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
                 cached = None  # a cell cut short by an interruption is redone
             same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
                     "tail": args.tail}  # fmt: skip
-            if cached is not None and all(cached.get(k) == v for k, v in same.items()):
+            recorded = codec in CONVENTIONAL or "frames_per_packet" in (cached or {})  # older cells did not say
+            if cached is not None and recorded and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)
             else:
                 todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds,

@@ -42,6 +42,8 @@ class Encoder(ABC):
 
     #: What the face front end made of the last frame (its ``crop`` is what the receiver rebuilds).
     last_observation: FaceObservation | None = None
+    #: The most frames one packet carries (frames are held back for n - 1 frame intervals).
+    frames_per_packet: int = 1
 
     @abstractmethod
     def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
@@ -77,9 +79,11 @@ class Decoder(ABC):
 
     @abstractmethod
     def decode(self, packet: Packet | None) -> list[Frame]:
-        """Frames made ready by this packet; ``None`` asks for a concealed frame."""
+        """Frames made ready by this packet; ``None`` asks for the next frame: one still waiting
+        in a packet of several frames, else a concealed one (the packet was lost)."""
 
     def flush(self) -> list[Frame]:
+        """Frames still waiting at the end of the stream."""
         return []
 
     @property

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def decode_file(
 
         bar = tqdm(unit="frame", desc="decode", disable=not progress)
         try:
-            for item in reader:
+            for item in chain(reader, [None]):  # None: the end, where frames still waiting come out
                 if isinstance(item, AudioChunk):
                     if opus is None or writer is None or item.pts < audio_written:
                         continue
@@ -197,13 +198,16 @@ def decode_file(
                     audio_written = item.pts + len(pcm)
                     stats.audio_bytes += len(item.data)
                     continue
-                stats.count(item)
                 tick = time.perf_counter()
-                try:
-                    frames = decoder.decode(item)
-                except PacketError as exc:
-                    stats.damage = f"undecodable packet (seq {item.seq}): {exc}"
-                    break
+                if item is None:
+                    frames = decoder.flush()
+                else:
+                    stats.count(item)
+                    try:
+                        frames = decoder.decode(item)
+                    except PacketError as exc:
+                        stats.damage = f"undecodable packet (seq {item.seq}): {exc}"
+                        frames = decoder.flush()  # frames before the damage still waiting in a packet
                 stats.codec_seconds += time.perf_counter() - tick
                 for frame in frames:
                     if frame.seq - written() > max_gap:

@@ -60,7 +60,7 @@ def _decode(name, path, wires, video):
     decoder = talkcodec.get_codec(name, weights=str(path)).decoder()
     assert decoder.uses_audio
     decoder.push_audio(load_audio(video, 16000, max_seconds=2), 16000)
-    return [f for group in wires for wire in group for f in decoder.decode(Packet.from_bytes(wire))]
+    return [f for group in wires for wire in group for f in decoder.decode(Packet.from_bytes(wire))] + decoder.flush()
 
 
 def _frame_bytes(wires):
@@ -99,6 +99,24 @@ def test_by_default_packets_carry_the_frames_the_audio_look_ahead_hides(learned,
     assert _frame_bytes(several) < 0.75 * _frame_bytes(single)
     for a, b in zip(_decode(name, path, single, sample_video), _decode(name, path, several, sample_video), strict=True):
         assert a.seq == b.seq and np.array_equal(a.image, b.image)
+
+
+def test_later_frames_of_a_packet_are_drawn_when_due_with_the_audio_heard_by_then(learned, sample_video):
+    from talkcodec.audio import load_audio
+
+    name, path, _ = learned
+    packets = [Packet.from_bytes(w) for g in _encode(name, path, sample_video) for w in g]
+    full = _decode(name, path, [[p.to_bytes() for p in packets]], sample_video)  # audio known from the start
+    live = talkcodec.get_codec(name, weights=str(path)).decoder()
+    first = [f for p in packets[:2] for f in live.decode(p)]  # reference + the first packet, frames 0-2
+    assert packets[1].frames == 3 and [f.seq for f in first] == [0]  # only the frame that is due
+    live.push_audio(load_audio(sample_video, 16000, max_seconds=2), 16000)  # the audio arrives
+    later = live.decode(None) + live.decode(None)
+    assert [(f.seq, f.concealed) for f in later] == [(1, False), (2, False)]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(later, full[1:3]))  # drawn with the audio
+    deaf = talkcodec.get_codec(name, weights=str(path)).decoder()  # what drawing them on arrival would give
+    silent = [f for p in packets[:2] for f in deaf.decode(p)] + deaf.flush()
+    assert any(not np.array_equal(a.image, b.image) for a, b in zip(later, silent[1:3]))
 
 
 def test_stream_from_other_weights_is_refused(learned, tmp_path):
@@ -257,6 +275,7 @@ def test_shipped_weights_load_by_default_and_draw_the_sample(name, sample_video)
     for packets in [*map(encoder.encode, read_frames(sample_video, fps=25, max_seconds=0.4)), encoder.flush()]:
         for packet in packets:
             frames += decoder.decode(Packet.from_bytes(packet.to_bytes()))
+    frames += decoder.flush()
     encoder.close()
     crop = encoder.last_observation.crop.astype(np.float32)
     assert len(frames) == 10 and np.abs(frames[-1].image.astype(np.float32) - crop).mean() < 40  # the face, not noise

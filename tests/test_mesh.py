@@ -46,7 +46,7 @@ def _decode(wires, drop=lambda seq, packet: False):
         packets = [Packet.from_bytes(w) for w in group]
         for packet in packets:
             frames += decoder.decode(None if drop(seq, packet) else packet)
-    return decoder, frames
+    return decoder, frames + decoder.flush()
 
 
 def test_shipped_shape_model_explains_landmarks(stream):

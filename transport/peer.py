@@ -9,10 +9,11 @@ Sender: capture + encode run in a worker thread paced on the frame clock, feedin
 asyncio queue; the event loop sends, dropping frame packets while the channel's buffer is
 full (congestion) instead of queueing without bound.
 Receiver: jitter buffer keyed on seq, playout ``playout_delay`` after capture time, or longer
-when a frame cannot be drawn sooner (an audio-driven decoder's look-ahead, frames a sender
-holds back for packets of several: their later frames wait decoded until their time), decoding
-on a worker thread, concealment for missing packets, key requests when the decoder needs a
-key, output as a ``RegeneratedTrack`` and optionally an mp4 recording with the audio.
+when a frame's data comes later (an audio-driven decoder's look-ahead, frames the sender holds
+back for packets of several: the receiver waits for the longer of the two, and draws each
+frame of such a packet at its own time), decoding on a worker thread, concealment for missing
+packets, key requests when the decoder needs a key, output as a ``RegeneratedTrack`` and
+optionally an mp4 recording with the audio.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 from talkcodec.audio import OPUS_RATE
 from talkcodec.errors import PacketError, TalkcodecError
-from talkcodec.packet import Packet, PacketKind
+from talkcodec.packet import MAX_FRAMES_PER_PACKET, Packet, PacketKind
 from talkcodec.registry import get_codec, import_codecs
 from talkcodec.video import Mp4Writer, read_frames
 
@@ -92,6 +93,7 @@ class FaceSender:
         # The first frame is encoded here too: mediapipe's first real inference (and the reference
         # image) take up to a second, which on the frame clock would make every frame late.
         self._encoder = self.codec.encoder(fps=fps)
+        self.frames_per_packet = self._encoder.frames_per_packet  # the most frames one packet carries
         try:
             self._source = source_frames(source, fps, loop, seconds)
             first = next(self._source, None)
@@ -145,7 +147,8 @@ class FaceSender:
 
         start = time.time() + 0.05
         self._started = True
-        control.send(json.dumps({"type": "start", "t0": start, "fps": self.fps}))
+        control.send(json.dumps({"type": "start", "t0": start, "fps": self.fps,
+                                 "frames_per_packet": self.frames_per_packet}))  # fmt: skip
         if self.audio is not None:
             self.audio.start(start)
         worker = threading.Thread(
@@ -199,7 +202,6 @@ class FaceReceiver:
         self._bye = False
         self._local_t0 = math.inf
         self._last_seq: int | None = None  # the sender's last frame, told with its bye
-        self._ahead: dict[int, Any] = {}  # frames of a packet of several, decoded before their time
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (last seq, local time) of the first frame packet
         self._first_seq = 0  # the first frame packet's first seq: where playout starts
@@ -231,6 +233,9 @@ class FaceReceiver:
                     return None
                 self._t0, self._fps = float(t0), float(fps)
                 self.track.fps = self._fps
+                frames = message.get("frames_per_packet", 1)
+                if isinstance(frames, int) and 1 <= frames <= MAX_FRAMES_PER_PACKET:  # the sender holds n - 1 back
+                    self._wait_s = max(self._wait_s, (frames - 1) / self._fps)
             elif message.get("type") == "bye":
                 self._bye = True
                 if isinstance(message.get("last_seq"), int):
@@ -258,7 +263,6 @@ class FaceReceiver:
             # and a packet of n frames makes every frame wait n - 1 frames more before it can play.
             if self._first_arrival is None:
                 self._first_arrival, self._first_seq = (packet.last_seq, arrived), packet.seq
-            self._wait_s = max(self._wait_s, (packet.frames - 1) / self._fps)
             # Playout runs on this machine's clock: the earliest (least delayed) arrival fixes
             # when frame 0 would have arrived; the sender's t0 is only used for latency figures.
             if self._t0 is not None:  # the frame rate is known
@@ -349,17 +353,14 @@ class FaceReceiver:
                     break
                 if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
                     self.jitter.start(due)
-                    self._ahead = {s: f for s, f in self._ahead.items() if s >= due}
                 while self.jitter.next_seq is not None and self.jitter.next_seq <= due:
                     seq, packet = self.jitter.pop()
-                    if packet is None and seq in self._ahead:  # came in an earlier packet of several frames
-                        frames = [self._ahead.pop(seq)]
-                    else:
-                        frames = await loop.run_in_executor(self._pool, self._decode, packet)
-                        self._ahead.update((f.seq, f) for f in frames if f.seq > seq)
-                        frames = [f for f in frames if f.seq <= seq]
-                        if packet is None:
-                            self.stats.total.frames_concealed += 1
+                    # no packet: the decoder draws the frame if an earlier packet of several carried it
+                    # (drawn now, with the audio that has arrived by its time), else conceals it
+                    frames = await loop.run_in_executor(self._pool, self._decode, packet)
+                    frames = [f for f in frames if f.seq >= seq]  # after a skip ahead: not what is past
+                    if packet is None and frames and frames[0].concealed:
+                        self.stats.total.frames_concealed += 1
                     if self._decoder.needs_key and now - last_request > KEY_REQUEST_INTERVAL:
                         wanted = "reference" if self._decoder.needs_reference else "key"
                         send_control(json.dumps({"type": wanted}))

@@ -128,6 +128,8 @@ class MeshDecoder(StreamDecoder):
 
     def _stream(self, k: int, precision: float) -> VectorStream:
         if (k, precision) not in self._streams:
+            if len(self._streams) >= 8:  # a stream changes settings rarely; bound what a peer can make us hold
+                self._streams.clear()
             self._streams[(k, precision)] = mesh_stream(self.mesh.model, k, precision)
         return self._streams[(k, precision)]
 

@@ -15,8 +15,11 @@ reference. Codecs subclass it with how a reference packet is read and how symbol
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -110,8 +113,8 @@ class StreamEncoder(Encoder):
                  frames_per_packet: int | None = None):  # fmt: skip
         self.codec, self.settings = codec, settings
         self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=segmentation)
-        frames = frames_per_packet or settings.frames_per_packet
-        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, frames)
+        self.frames_per_packet = frames_per_packet or settings.frames_per_packet
+        self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, self.frames_per_packet)
         self.last_observation: FaceObservation | None = None
         self._seq, self._ref_id = 0, -1
         self._ref_angles: np.ndarray | None = None  # head angles of the current reference; None: no face in it
@@ -186,6 +189,9 @@ class StreamDecoder(Decoder):
         self._last: Frame | None = None
         self._initial = reference
         self._needs_key = self._needs_reference = False
+        # frames of a packet of several, drawn when due: (seq, draw it or None for a hold, concealed)
+        self._pending: deque[tuple[int, Callable[[], np.ndarray] | None, bool]] = deque()
+        self._ready: list[Frame] = []  # drawn before a packet that then failed to decode
 
     @property
     def needs_key(self) -> bool:
@@ -214,16 +220,33 @@ class StreamDecoder(Decoder):
         return [frame]
 
     def _conceal(self, packet: Packet, needs_key: bool = True) -> list[Frame]:
-        """Hold frames for every frame ``packet`` carries; ``needs_key`` as given."""
+        """Hold frames for the frames ``packet`` carries (its first now, the rest when due)."""
         self._needs_key = needs_key
-        return [f for seq in range(packet.seq, packet.last_seq + 1) for f in self._emit(None, seq, needs_key)]
+        self._pending.extend((seq, None, needs_key) for seq in range(packet.seq + 1, packet.last_seq + 1))
+        return self._emit(None, packet.seq, needs_key)
 
     def _draw(self, reference: StreamReference, rows: np.ndarray, seq: int) -> list[Frame]:
-        """Frames ``seq`` .. of the (n, D) symbol rows."""
-        return [f for i, row in enumerate(rows) for f in self._emit(self.render(reference, row, seq + i), seq + i, False)]
+        """Frame ``seq`` of the (n, D) symbol rows now; the later rows wait until they are due."""
+        first = self._emit(self.render(reference, rows[0], seq), seq, False)
+        self._pending.extend((seq + i, partial(self.render, reference, row, seq + i), False) for i, row in enumerate(rows[1:], 1))
+        return first
+
+    def _next_pending(self) -> list[Frame]:
+        seq, draw, concealed = self._pending.popleft()
+        try:
+            image = None if draw is None else draw()
+        except PacketError:  # a frame the network cannot draw: held, in its place
+            image, concealed = None, True
+        return self._emit(image, seq, concealed)
 
     def decode(self, packet: Packet | None) -> list[Frame]:
+        """Frames made ready by ``packet``. A packet of several frames gives its first frame; the
+        others are drawn by the calls that follow: ``decode(None)`` (a transport playing frame by
+        frame: each then reads the audio that has arrived by its time), the next frame packet
+        (which first gives the earlier frames still waiting) or ``flush()``."""
         if packet is None:
+            if self._ready or self._pending:
+                return [self._ready.pop(0)] if self._ready else self._next_pending()
             return self._emit(None, self._last.seq + 1 if self._last else 0, True)
         if packet.codec_id != self.codec.codec_id:
             raise PacketError(f"a {packet.codec} packet given to the {self.codec.name} decoder")
@@ -236,6 +259,24 @@ class StreamDecoder(Decoder):
             return []
         if packet.kind != PacketKind.FRAME:
             return []
+        waiting: list[Frame] = []
+        while self._pending and self._pending[0][0] < packet.seq:  # frames due before this packet's
+            waiting += self._next_pending()
+        self._pending.clear()  # a packet that carries the frames still waiting supersedes them
+        try:
+            return waiting + self._decode_frames(packet)
+        except PacketError:
+            self._ready = waiting  # drawn already: flush() gives them
+            raise
+
+    def flush(self) -> list[Frame]:
+        """The frames still waiting in a packet of several (end of stream, or a damaged packet)."""
+        out, self._ready = self._ready, []
+        while self._pending:
+            out += self._next_pending()
+        return out
+
+    def _decode_frames(self, packet: Packet) -> list[Frame]:
         if packet.key:
             self._fps = packet.fps or self._fps
             self._ref = self._references.get(packet.ref_id)
