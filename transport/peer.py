@@ -137,8 +137,8 @@ class FaceSender:
                 loop.call_soon_threadsafe(offer, encoder.encode(frame))
             loop.call_soon_threadsafe(offer, encoder.flush())  # frames held back for a packet of several
         finally:
+            loop.call_soon_threadsafe(offer, None)  # the bye leaves now: closing mediapipe can take a while
             encoder.close()
-            loop.call_soon_threadsafe(offer, None)
 
     async def run(self, frames: Any, control: Any) -> None:
         """Send until the input ends or ``stop()``; then a ``bye``."""
