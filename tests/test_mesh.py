@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -145,6 +147,25 @@ def test_corrupted_frame_payloads_never_crash(stream):
                     assert frame.image.shape == (256, 256, 3)
             except PacketError:
                 pass
+
+
+@pytest.mark.parametrize("frames", [2, 5, 64])
+def test_garbage_packets_of_several_frames_never_crash(stream, frames):
+    wires, _ = stream
+    decoder = talkcodec.get_codec("mesh").decoder()
+    decoder.decode(Packet.from_bytes(wires[0][0]))  # the reference
+    rng = np.random.default_rng(frames)
+    for seq in range(frames, 40 * frames, frames):
+        key = seq % (4 * frames) == frames
+        packet = Packet(1, PacketKind.FRAME, seq, rng.bytes(int(rng.integers(1, 200))), key=key, ref_id=0,
+                        fps=Fraction(25), key_distance=0 if key else frames, frames=frames)  # fmt: skip
+        try:
+            drawn = decoder.decode(Packet.from_bytes(packet.to_bytes()))
+        except PacketError:
+            drawn = []
+        drawn += [f for _ in range(frames - 1) for f in decoder.decode(None)]
+        assert all(f.image.shape == (256, 256, 3) for f in drawn) and len(drawn) <= frames
+    assert len(decoder.flush()) <= frames
 
 
 def test_faceless_video_sends_hold_packets(noface_video):
