@@ -73,7 +73,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         "source": info["source"],
         "frames": f"{info['frames']} at {info['fps']:g} fps = {info['duration_s']} s",
         "size": "x".join(map(str, info["size"])),
-        "frame kbps": f"{info['frame_kbps']} ({info['frame_bytes']} bytes, {info['faceless_frames']} frames without a face)",
+        "frame kbps": f"{info['frame_kbps']} ({info['frame_bytes']} bytes in {info['frame_packets']} packets, "
+                      f"{info['faceless_frames']} frames without a face)",
         "reference": f"{info['reference_bytes']} bytes in {info['references']} image(s) = {info['reference_kbps']} kbps over this file",
         "audio kbps": f"{info['audio_kbps']} (Opus)" if info["audio_rate"] else "none",
         "settings": ", ".join(f"{k}={v}" for k, v in info["settings"].items()),

@@ -36,6 +36,7 @@ class StreamStats:
     codec: str
     fps: float
     frames: int = 0
+    frame_packets: int = 0  # fewer than frames when packets carry several
     frame_bytes: int = 0
     reference_bytes: int = 0
     references: int = 0
@@ -69,6 +70,7 @@ class StreamStats:
         size = len(packet.to_bytes())
         if packet.kind == PacketKind.FRAME:
             self.frames += packet.frames
+            self.frame_packets += 1
             self.frame_bytes += size
             self.faceless_frames += 0 if packet.payload else packet.frames
         elif packet.kind == PacketKind.REFERENCE:

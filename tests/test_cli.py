@@ -52,6 +52,7 @@ def test_packets_of_several_frames_keep_every_frame_and_the_audio(sample_video, 
         assert main(["info", str(path), "--json"]) == 0
         info[name] = json.loads(capsys.readouterr().out)
     assert info["bundled"]["frames"] == 50 and info["bundled"]["frame_kbps"] < 0.8 * info["single"]["frame_kbps"]
+    assert info["single"]["frame_packets"] == 50 and info["bundled"]["frame_packets"] <= 50 / 5 + 2  # + a key split
     assert main(["decode", str(tkc), "-o", str(mp4), "-q"]) == 0
     frames, _, audio_seconds = _streams(mp4)
     assert frames == 50 and abs(audio_seconds - frames / 25) < 0.1
