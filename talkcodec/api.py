@@ -86,6 +86,9 @@ class Decoder(ABC):
         """Frames still waiting at the end of the stream."""
         return []
 
+    def skip_to(self, seq: int) -> None:
+        """A receiver that jumped ahead after a stall plays from frame ``seq`` on."""
+
     @property
     def needs_key(self) -> bool:
         """True while the decoder waits for a key packet (the sender should be asked for one)."""

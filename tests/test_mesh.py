@@ -149,6 +149,22 @@ def test_corrupted_frame_payloads_never_crash(stream):
                 pass
 
 
+def test_frames_waiting_in_a_packet_come_out_in_order_around_damage_and_skips(bundled):
+    packets = [Packet.from_bytes(w) for group in bundled for w in group]
+    reference, first, second = packets[0], packets[1], packets[2]  # frames 0-4 and 5-9
+    assert (first.seq, first.frames, second.seq) == (0, 5, 5)
+    decoder = talkcodec.get_codec("mesh").decoder()
+    decoder.decode(reference)
+    assert [f.seq for f in decoder.decode(first)] == [0]
+    assert [f.seq for f in decoder.decode(None)] == [1]  # the next frame of the packet, not a concealment
+    too_long = Packet(1, PacketKind.FRAME, 3, b"\xff" * 500, key_distance=3, frames=5)
+    with pytest.raises(PacketError):
+        decoder.decode(too_long)  # frame 2 was drawn before the damage was found
+    assert [(f.seq, f.concealed) for f in decoder.decode(second)] == [(2, False), (5, False)]
+    decoder.skip_to(60)  # a live receiver jumped ahead: frames 6-9 are past
+    assert [(f.seq, f.concealed) for f in decoder.decode(None)] == [(60, True)]
+
+
 @pytest.mark.parametrize("frames", [2, 5, 64])
 def test_garbage_packets_of_several_frames_never_crash(stream, frames):
     wires, _ = stream

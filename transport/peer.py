@@ -353,6 +353,7 @@ class FaceReceiver:
                     break
                 if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
                     self.jitter.start(due)
+                    await loop.run_in_executor(self._pool, self._decoder.skip_to, due)
                 while self.jitter.next_seq is not None and self.jitter.next_seq <= due:
                     seq, packet = self.jitter.pop()
                     # no packet: the decoder draws the frame if an earlier packet of several carried it

@@ -192,6 +192,7 @@ class StreamDecoder(Decoder):
         # frames of a packet of several, drawn when due: (seq, draw it or None for a hold, concealed)
         self._pending: deque[tuple[int, Callable[[], np.ndarray] | None, bool]] = deque()
         self._ready: list[Frame] = []  # drawn before a packet that then failed to decode
+        self._floor = 0  # concealment never goes back before this seq (``skip_to``)
 
     @property
     def needs_key(self) -> bool:
@@ -227,17 +228,26 @@ class StreamDecoder(Decoder):
 
     def _draw(self, reference: StreamReference, rows: np.ndarray, seq: int) -> list[Frame]:
         """Frame ``seq`` of the (n, D) symbol rows now; the later rows wait until they are due."""
-        first = self._emit(self.render(reference, rows[0], seq), seq, False)
+        first = self._draw_one(seq, partial(self.render, reference, rows[0], seq), False)
         self._pending.extend((seq + i, partial(self.render, reference, row, seq + i), False) for i, row in enumerate(rows[1:], 1))
         return first
 
-    def _next_pending(self) -> list[Frame]:
-        seq, draw, concealed = self._pending.popleft()
+    def _draw_one(self, seq: int, draw: Callable[[], np.ndarray] | None, concealed: bool) -> list[Frame]:
         try:
             image = None if draw is None else draw()
         except PacketError:  # a frame the network cannot draw: held, in its place
             image, concealed = None, True
         return self._emit(image, seq, concealed)
+
+    def _next_pending(self) -> list[Frame]:
+        return self._draw_one(*self._pending.popleft())
+
+    def skip_to(self, seq: int) -> None:
+        """A receiver that jumped ahead (after a stall) plays from ``seq`` on: frames before it
+        that still wait are dropped, and concealment goes on from ``seq``."""
+        self._ready = [f for f in self._ready if f.seq >= seq]
+        self._pending = deque(p for p in self._pending if p[0] >= seq)
+        self._floor = seq
 
     def decode(self, packet: Packet | None) -> list[Frame]:
         """Frames made ready by ``packet``. A packet of several frames gives its first frame; the
@@ -247,7 +257,7 @@ class StreamDecoder(Decoder):
         if packet is None:
             if self._ready or self._pending:
                 return [self._ready.pop(0)] if self._ready else self._next_pending()
-            return self._emit(None, self._last.seq + 1 if self._last else 0, True)
+            return self._emit(None, max(self._last.seq + 1 if self._last else 0, self._floor), True)
         if packet.codec_id != self.codec.codec_id:
             raise PacketError(f"a {packet.codec} packet given to the {self.codec.name} decoder")
         if packet.kind == PacketKind.REFERENCE:
@@ -259,7 +269,7 @@ class StreamDecoder(Decoder):
             return []
         if packet.kind != PacketKind.FRAME:
             return []
-        waiting: list[Frame] = []
+        waiting, self._ready = self._ready, []
         while self._pending and self._pending[0][0] < packet.seq:  # frames due before this packet's
             waiting += self._next_pending()
         self._pending.clear()  # a packet that carries the frames still waiting supersedes them
