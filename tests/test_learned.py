@@ -217,6 +217,21 @@ def test_checkpoint_shards_roundtrip(tmp_path, monkeypatch):
         load_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("key_interval, frames, starts", [(8, 3, [0, 3, 6, 9, 12]), (8, 1, [0, 1, 2, 3]), (4, 4, [0, 4, 8])])
+def test_key_interval_is_rounded_up_to_whole_packets(key_interval, frames, starts):
+    from talkcodec.codecs.stream import FramePacketizer
+
+    rng = np.random.default_rng(0)
+    step = np.array([0.5, 0.5])
+    stream = VectorStream(VectorCoding.fit([np.cumsum(rng.normal(0, 1, (60, 2)), axis=0)], step))
+    packer = FramePacketizer(2, key_interval, Fraction(25), frames)
+    packets = [p for seq in range(36) for p in packer.add(seq, 0, stream.quantizer.quantize(rng.normal(0, 3, 2)), stream)]
+    packets += packer.flush()
+    keys = [p.seq for p in packets if p.key]
+    assert keys == list(range(0, 36, -(-key_interval // frames) * frames))
+    assert [p.seq for p in packets][: len(starts)] == starts and all(p.frames == frames for p in packets)
+
+
 def test_vector_coding_roundtrip_and_validation():
     rng = np.random.default_rng(0)
     step = np.array([0.5, 0.5, 0.01])

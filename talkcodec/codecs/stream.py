@@ -48,11 +48,14 @@ class _Run:
 
 class FramePacketizer:
     """Sender side of key / delta coding for one stream; ``frames_per_packet`` > 1 holds frames
-    back and sends them in one packet (one header; each frame predicted from the one before)."""
+    back and sends them in one packet (one header; each frame predicted from the one before), and
+    rounds the key interval up to whole packets."""
 
     def __init__(self, codec_id: int, key_interval: int, fps: Fraction, frames_per_packet: int = 1):
-        self.codec_id, self.key_interval, self.fps = codec_id, key_interval, fps
-        self.frames_per_packet = frames_per_packet
+        self.codec_id, self.fps, self.frames_per_packet = codec_id, fps, frames_per_packet
+        # keys fall on whole packets: a key interval of 8 with packets of 3 would end every 8 frames
+        # with a packet of 2 (a header more, a dearer first frame); rounded up, 9 = three packets
+        self.key_interval = -(-key_interval // frames_per_packet) * frames_per_packet
         self.want_key = False
         self._key_seq = -1
         self._key_symbols: np.ndarray | None = None
