@@ -158,6 +158,8 @@ def cmd_call(args: argparse.Namespace) -> None:
 
     from .transport.call import CallOptions, loopback, run_over_signaling, use_loopback_only
 
+    if not 0 < args.playout_ms <= 5000:
+        raise TalkcodecError("--playout-ms must be in (0, 5000]")
     if args.virtual_camera:
         try:
             import pyvirtualcam  # noqa: F401
@@ -168,12 +170,14 @@ def cmd_call(args: argparse.Namespace) -> None:
         input=args.input, codec=args.codec, settings=_parse_settings(args.set), loop=args.loop, seconds=args.seconds,
         record=args.record, stats_path=args.stats, live_stats=args.stats is not None and not args.quiet,
         show=args.show, virtual_camera=args.virtual_camera, loss=args.loss, stun=args.stun,
+        playout_delay=args.playout_ms / 1000,
     )  # fmt: skip
     if args.loopback:
         if not args.input:
             raise TalkcodecError("--loopback needs --input (the face to send to yourself)")
         receiving = CallOptions(record=args.record, stats_path=args.stats, live_stats=options.live_stats,
-                                show=args.show, virtual_camera=args.virtual_camera)  # fmt: skip
+                                show=args.show, virtual_camera=args.virtual_camera,
+                                playout_delay=args.playout_ms / 1000)  # fmt: skip
         options.record, options.stats_path, options.live_stats = None, None, False
         options.show = options.virtual_camera = False
         _, peer, reason = asyncio.run(loopback(options, receiving))
@@ -267,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-only", action="store_true", help="ICE on 127.0.0.1 only (no network)")
     p.add_argument("--stun", action="append", default=[], metavar="URL", help="a STUN server, for calls across NATs")
     p.add_argument("--once", action="store_true", help="with --listen: take one call, then exit")
+    p.add_argument("--playout-ms", type=float, default=120.0, metavar="MS",
+                   help="show frames this long after capture: a deeper jitter buffer for bad links or busy machines "
+                        "(default 120; longer by itself when a frame's data comes later, e.g. the audio look-ahead)")
     p.add_argument("--loss", type=float, default=0.0, help=argparse.SUPPRESS)  # testing: drop this share of frame packets
     common(p)
     p.set_defaults(run=cmd_call)
