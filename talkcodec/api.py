@@ -7,6 +7,7 @@
             wire = packet.to_bytes()               # what the network carries
             for frame in dec.decode(talkcodec.Packet.from_bytes(wire)):
                 show(frame.image)                  # (256, 256, 3) uint8 RGB; a packet may carry several
+    dec.flush()                                    # frames still waiting at the end
     dec.decode(None)                               # a lost packet: a concealed frame
 """
 
