@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results", help="folder for call.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sender setting, e.g. frames_per_packet=1")
     args = parser.parse_args(argv)
-    from ..cli import _parse_settings
+    from ..cli import parse_settings
 
-    settings = _parse_settings(args.set)
+    settings = parse_settings(args.set)
     results = [call_once(args.clip, codec.strip(), args.seconds, settings) for codec in args.codecs.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from .errors import TalkcodecError
 from .registry import list_codecs
 
 
-def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
     """``--set key=value`` pairs; values are parsed as JSON when they can be (numbers, true)."""
     settings: dict[str, Any] = {}
     for pair in pairs:
@@ -40,7 +40,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from .pipeline import encode_file
 
     output = args.output or Path(args.input).with_suffix(".tkc")
-    stats = encode_file(args.input, output, args.codec, _parse_settings(args.set), fps=args.fps,
+    stats = encode_file(args.input, output, args.codec, parse_settings(args.set), fps=args.fps,
                         max_seconds=args.seconds, audio=not args.no_audio, progress=not args.quiet)  # fmt: skip
     s = stats.summary()
     print(f"{output}: {s['frames']} frames, {s['duration_s']} s, frames {s['frame_kbps']} kbps, "
@@ -52,7 +52,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from .pipeline import decode_file
 
     output = args.output or Path(args.input).with_suffix(".mp4")
-    stats = decode_file(args.input, output, progress=not args.quiet, settings=_parse_settings(args.set))
+    stats = decode_file(args.input, output, progress=not args.quiet, settings=parse_settings(args.set))
     s = stats.summary()
     if stats.damage:
         print(f"talkcodec: warning: {args.input} is damaged ({stats.damage}); decoded up to there", file=sys.stderr)
@@ -87,7 +87,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    report = run_demo(args.input, args.out, args.codec, _parse_settings(args.set), args.seconds, not args.quiet)
+    report = run_demo(args.input, args.out, args.codec, parse_settings(args.set), args.seconds, not args.quiet)
     s = report.summary()
     _print_table({
         "input": s["input"],
@@ -107,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .training.trainer import train
 
-    settings = _parse_settings(args.set)
+    settings = parse_settings(args.set)
     for key, value in (("codec", args.codec), ("model", args.model), ("epochs", args.epochs),
                        ("steps_per_epoch", args.steps), ("batch_size", args.batch)):  # fmt: skip
         if value is not None:
@@ -126,7 +126,7 @@ def cmd_enroll(args: argparse.Namespace) -> None:
     from .training.enroll import enroll
 
     before, after = enroll(args.codec, args.video, args.out, args.weights, args.steps, args.device, not args.quiet,
-                           _parse_settings(args.set))  # fmt: skip
+                           parse_settings(args.set))  # fmt: skip
     for name, figures in (("base weights", before), ("personal weights", after)):
         print(f"{name:>16}: L1 {figures['l1']:.4f}  PSNR {figures['psnr']:.2f} dB  SSIM {figures['ssim']:.3f}  "
               f"landmarks {figures['landmark']:.3f}  (last 20 % of the video)")  # fmt: skip
@@ -167,7 +167,7 @@ def cmd_call(args: argparse.Namespace) -> None:
             raise TalkcodecError("--virtual-camera needs pyvirtualcam (pip install pyvirtualcam) and a v4l2loopback device") from None
 
     options = CallOptions(
-        input=args.input, codec=args.codec, settings=_parse_settings(args.set), loop=args.loop, seconds=args.seconds,
+        input=args.input, codec=args.codec, settings=parse_settings(args.set), loop=args.loop, seconds=args.seconds,
         record=args.record, stats_path=args.stats, live_stats=args.stats is not None and not args.quiet,
         show=args.show, virtual_camera=args.virtual_camera, loss=args.loss, stun=args.stun,
         playout_delay=args.playout_ms / 1000,

@@ -109,6 +109,19 @@ def encode_file(
     try:
         crops = Mp4Writer(crops_to, rate, (256, 256), lossless=True) if crops_to else None
         with TkcWriter(output, header) as writer:
+
+            def send_audio(final: bool = False) -> None:
+                """Interleave the audio up to the frames sent (a packet of several holds some back)."""
+                nonlocal audio_sent
+                if opus is None or samples is None:
+                    return
+                end = round(stats.frames / fps * OPUS_RATE)
+                chunks = opus.encode(samples[audio_sent:end]) + (opus.encode(None) if final else [])
+                audio_sent = end
+                for pts, data in chunks:
+                    writer.write_audio(pts, data)
+                    stats.audio_bytes += len(data)
+
             frames = read_frames(source, fps=fps, max_seconds=max_seconds)
             for index, frame in enumerate(tqdm(frames, total=total, unit="frame", desc="encode", disable=not progress)):
                 tick = time.perf_counter()
@@ -119,12 +132,7 @@ def encode_file(
                     stats.count(packet)
                 if crops is not None and encoder.last_observation is not None:
                     crops.write(encoder.last_observation.crop)
-                if opus is not None and samples is not None:  # interleave the audio up to the frames sent
-                    end = round(stats.frames / fps * OPUS_RATE)  # a packet of several frames may hold some back
-                    for pts, data in opus.encode(samples[audio_sent:end]):
-                        writer.write_audio(pts, data)
-                        stats.audio_bytes += len(data)
-                    audio_sent = max(audio_sent, end)
+                send_audio()
                 if stats.faceless_frames == stats.frames and stats.frames >= NO_FACE_GIVE_UP_S * fps:
                     break
                 if index % 25 == 0:
@@ -132,11 +140,7 @@ def encode_file(
             for packet in encoder.flush():  # frames held back for a packet of several
                 writer.write_packet(packet)
                 stats.count(packet)
-            if opus is not None and samples is not None:
-                tail = samples[audio_sent : max(audio_sent, round(stats.frames / fps * OPUS_RATE))]
-                for pts, data in [*opus.encode(tail), *opus.encode(None)]:
-                    writer.write_audio(pts, data)
-                    stats.audio_bytes += len(data)
+            send_audio(final=True)
     finally:
         encoder.close()
         if crops is not None:
