@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import blend_head, conv_norm_act, make_grid, warp
+from .blocks import blend_head, blend_warped, conv_norm_act, make_grid
 
 
 @dataclass
@@ -130,8 +130,9 @@ class AdaConvReenactor(nn.Module):
         """psi_D(psi_T(features; f_geo)): (B, C, H/4, W/4), (B, latent) -> (B, 3, H, W).
 
         A single reference's features (batch 1) are broadcast over a batch of f_geo. With
-        ``image_warp`` the reference image (B or 1, 3, H, W) is needed too: the output is
-        w * reference warped by the predicted flow + (1 - w) * the decoded image.
+        ``image_warp`` the reference image (B or 1, 3, R, R) is needed too: the output is
+        w * reference warped by the predicted flow + (1 - w) * the decoded image, at R x R
+        (``blocks.blend_warped``: a reference larger than H keeps its sharpness).
         """
         if features.shape[0] == 1 and f_geo.shape[0] > 1:
             features = features.expand(f_geo.shape[0], -1, -1, -1)  # (1, C, h, w) -> (B, C, h, w)
@@ -145,11 +146,9 @@ class AdaConvReenactor(nn.Module):
         hidden = self.decoder[:2](x)  # (B, stem, H, W)
         image = self.decoder[2:](hidden)
         motion = self.motion(hidden)  # (B, 3, H, W): flow x, flow y, blend logit
-        b, _, h, w = motion.shape
+        h, w = motion.shape[-2:]
         grid = make_grid(h, w, motion) + motion[:, :2].permute(0, 2, 3, 1)  # (B, 2, H, W) -> (B, H, W, 2)
-        warped = warp(reference.expand(b, -1, -1, -1), grid)
-        weight = torch.sigmoid(motion[:, 2:])  # (B, 1, H, W)
-        return weight * warped + (1 - weight) * image
+        return blend_warped(reference, grid, torch.sigmoid(motion[:, 2:]), image)
 
     def forward(self, reference: torch.Tensor, f_geo: torch.Tensor) -> torch.Tensor:
         """Eq. 3: reference (B, 3, H, W), f_geo (B, latent) -> reenacted image (B, 3, H, W)."""

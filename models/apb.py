@@ -61,7 +61,7 @@ class PreparedReference(NamedTuple):
     """What the receiver keeps of its reference image: psi_E's features and the image (for the warp)."""
 
     features: torch.Tensor  # (B, C, size/4, size/4)
-    image: torch.Tensor  # (B, 3, size, size) in [0, 1]
+    image: torch.Tensor  # (B, 3, R, R) in [0, 1], R >= size: the picture the output is warped from
 
 
 class APBModel(nn.Module):
@@ -78,18 +78,20 @@ class APBModel(nn.Module):
         """phi (eq. 2): (B, n_mels, steps), (B, 3), (B, 2) -> f_geo (B, latent), landmarks (B, L, 2)."""
         return self.fuser(mel, pose, blink)
 
-    def prepare(self, reference: torch.Tensor) -> PreparedReference:
-        """psi_E: reference (B, 3, size, size) -> features (B, C, size/4, size/4), and the image itself."""
-        return PreparedReference(self.reenactor.encode(reference), reference)
+    def prepare(self, reference: torch.Tensor, full_resolution: torch.Tensor | None = None) -> PreparedReference:
+        """psi_E: reference (B, 3, size, size) -> features (B, C, size/4, size/4), and the image to warp:
+        ``full_resolution`` (B, 3, R, R), the same picture larger, makes ``render`` output R x R."""
+        return PreparedReference(self.reenactor.encode(reference), reference if full_resolution is None else full_resolution)
 
     def render(self, prepared: PreparedReference, f_geo: torch.Tensor) -> torch.Tensor:
-        """psi_T + psi_D: the reference from ``prepare`` and f_geo -> image (B, 3, size, size) in [0, 1]."""
+        """psi_T + psi_D: the reference from ``prepare`` and f_geo -> image (B, 3, R, R) in [0, 1]."""
         return self.reenactor.decode(prepared.features, f_geo, prepared.image)
 
     def forward(
-        self, reference: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor
+        self, reference: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor,
+        full_resolution: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Training pass: dict(image (B, 3, H, W), landmarks (B, L, 2), f_geo (B, latent))."""
+        """Training pass: dict(image (B, 3, H, W), or R x R with ``full_resolution``; landmarks (B, L, 2), f_geo (B, latent))."""
         f_geo, landmarks = self.geometry(mel, pose, blink)
-        image = self.render(self.prepare(reference), f_geo)
+        image = self.render(self.prepare(reference, full_resolution), f_geo)
         return {"image": image, "landmarks": landmarks, "f_geo": f_geo}

@@ -113,9 +113,10 @@ class AVFRModel(nn.Module):
         """(B, 3, S, S) image, (B, 1, S, S) mesh raster and mask -> value (B, K, 2), jacobian, heatmap."""
         return self.keypoint_detector(image, mesh, mask)
 
-    def prepare(self, source: torch.Tensor) -> SourceFeatures:
-        """(B, 3, S, S) reference image -> its generator features (once per reference)."""
-        return self.generator.encode_source(source)
+    def prepare(self, source: torch.Tensor, full_resolution: torch.Tensor | None = None) -> SourceFeatures:
+        """(B, 3, S, S) reference image -> its generator features (once per reference); ``full_resolution``
+        (B, 3, R, R), the same picture larger, makes ``animate`` draw R x R (needs the image blend)."""
+        return self.generator.encode_source(source, full_resolution)
 
     def animate(self, features: SourceFeatures, kp_source: dict[str, torch.Tensor], kp_driving: dict[str, torch.Tensor],
                 mel: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -130,12 +131,13 @@ class AVFRModel(nn.Module):
 
     def forward(self, source: torch.Tensor, source_mesh: torch.Tensor, source_mask: torch.Tensor,
                 driving: torch.Tensor, driving_mesh: torch.Tensor, driving_mask: torch.Tensor,
-                mel: torch.Tensor) -> dict[str, Any]:  # fmt: skip
-        """Training path: reconstruct ``driving`` from ``source`` + both frames' keypoints + the audio window.
+                mel: torch.Tensor, full_resolution: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+        """Training path: reconstruct ``driving`` from ``source`` + both frames' keypoints + the audio window
+        (at the size of ``full_resolution``, the source larger, if given: see ``prepare``).
 
         Returns image, attention, occlusion, deformation, kp_source and kp_driving (the detector's dicts).
         """
         kp_source = self.keypoints(source, source_mesh, source_mask)
         kp_driving = self.keypoints(driving, driving_mesh, driving_mask)
-        out = self.animate(self.prepare(source), kp_source, kp_driving, mel)
+        out = self.animate(self.prepare(source, full_resolution), kp_source, kp_driving, mel)
         return {**out, "kp_source": kp_source, "kp_driving": kp_driving}

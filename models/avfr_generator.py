@@ -11,7 +11,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .blocks import DownBlock, ResBlock, SPADEResBlock, UpBlock, blend_head, conv_norm_act, resize, warp
+from .blocks import (
+    DownBlock, ResBlock, SPADEResBlock, UpBlock, blend_head, blend_warped, conv_norm_act, resize, warp,
+)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class SourceFeatures(NamedTuple):
     motion: torch.Tensor  # (B, C_m, H / 2**n, W / 2**n) motion encoder output, still in the source pose
     identity: tuple[torch.Tensor, ...]  # identity skips, full resolution first: (B, w_i, H / 2**i, W / 2**i)
     source: torch.Tensor  # (B, 3, H, W) the source image in [0, 1]
+    full_resolution: torch.Tensor | None = None  # (B, 3, R, R) the same picture larger: the blend outputs R x R
 
 
 def widths(config: GeneratorConfig) -> list[int]:
@@ -87,19 +90,23 @@ class AVFRGenerator(nn.Module):
         self.out = nn.Conv2d(2 * w[0], 3, 7, padding=3)
         self.blend = blend_head(2 * w[0]) if config.image_blend else None
 
-    def encode_source(self, source: torch.Tensor) -> SourceFeatures:
-        """(B, 3, H, W) source in [0, 1] -> its motion features and identity skips (once per reference)."""
+    def encode_source(self, source: torch.Tensor, full_resolution: torch.Tensor | None = None) -> SourceFeatures:
+        """(B, 3, H, W) source in [0, 1] -> its motion features and identity skips (once per reference).
+
+        ``full_resolution``: the same picture larger (B, 3, R, R); with an image blend, ``render`` then
+        outputs R x R, warping it (``blocks.blend_warped``)."""
         skips = [self.identity_stem(source)]
         for block in self.identity_down:
             skips.append(block(skips[-1]))
-        return SourceFeatures(motion=self.motion_encoder(source), identity=tuple(skips), source=source)
+        return SourceFeatures(self.motion_encoder(source), tuple(skips), source, full_resolution)
 
     def render(self, features: SourceFeatures, deformation: torch.Tensor, occlusion: torch.Tensor,
                audio_feature: torch.Tensor, audio_query: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
         """Decode one driving frame per batch item.
 
         deformation (B, h, w, 2) sampling grid into the source, occlusion (B, 1, h, w), audio_feature
-        (B, C_a, h', w'), audio_query (B, C_q) -> image (B, 3, H, W) in [0, 1], attention (B, 1, h_m, w_m).
+        (B, C_a, h', w'), audio_query (B, C_q) -> image (B, 3, H, W) in [0, 1] (R x R with a full-resolution
+        source and an image blend), attention (B, 1, h_m, w_m).
         """
         size = features.motion.shape[-2:]
         enc_motion = warp(features.motion, deformation) * resize(occlusion, size)  # (B, C_m, h_m, w_m)
@@ -120,5 +127,6 @@ class AVFRGenerator(nn.Module):
         image = torch.sigmoid(self.out(x))
         if self.blend is not None:  # sharp where the motion explains the frame, generated where it does not
             weight = torch.sigmoid(self.blend(x))  # (B, 1, H, W)
-            image = weight * warped_source + (1 - weight) * image
+            reference = source if features.full_resolution is None else features.full_resolution
+            image = blend_warped(reference, deformation, weight, image)
         return {"image": image, "attention": enc_att}

@@ -139,6 +139,22 @@ def warp(features: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(features, deformation, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def blend_warped(reference: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """The generators' image blend: ``weight * reference warped by grid + (1 - weight) * generated``.
+
+    reference (B or 1, 3, R, R); grid (B, h, w, 2); weight (B, 1, S, S) in [0, 1]; generated (B, 3, S, S).
+    A reference larger than the network's output (a receiver's full-resolution picture) is warped
+    at its own size, the weight and generated image upsampled to it: the moved pixels, most of a
+    frame, keep the reference's sharpness instead of the network's resolution. Output (B, 3, R, R).
+    """
+    warped = warp(reference.expand(grid.shape[0], -1, -1, -1), grid)
+    size = warped.shape[-2:]
+    if generated.shape[-2:] != size:
+        weight = F.interpolate(weight, size=size, mode="bilinear", align_corners=False)
+        generated = F.interpolate(generated, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    return weight * warped + (1 - weight) * generated
+
+
 def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Antialiased bilinear resize of a (B, C, H, W) tensor (no-op at the same size)."""
     size = (size, size) if isinstance(size, int) else size

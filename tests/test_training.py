@@ -114,3 +114,15 @@ def test_enroll_fine_tunes_given_weights_on_one_video(cache, sample_video, tmp_p
     assert personal.weights.info["step"] == 3 and personal.weights.info["trained_on"] == ["sample"]
     base_tensors = talkcodec.get_codec("apb", weights=str(base / "weights.safetensors")).weights.tensors
     assert any(not torch.equal(base_tensors[k], v) for k, v in personal.weights.tensors.items() if k.startswith("model."))
+
+
+@pytest.mark.parametrize("augment", [Augment(), None])
+def test_full_resolution_frames_are_the_network_frames_larger(cache, augment):
+    clips = load_clips(cache[0])
+    train_ranges, _, _ = split_ranges(clips, Split(held_out=(), tail=0.2))
+    data = PairDataset(clips, 64, MelSettings(), ranges=train_ranges, length=3, augment=augment, full_size=256)
+    for sample in (data[0], data[2]):
+        assert sample["source_full"].shape == sample["driving_full"].shape == (3, 256, 256)
+        for key in ("source", "driving"):  # the same crop, zoom, shift, mirror and colour jitter
+            shrunk = torch.nn.functional.interpolate(sample[f"{key}_full"][None], size=64, mode="area")[0]
+            assert (shrunk - sample[key]).abs().mean() < 0.02, key

@@ -49,7 +49,7 @@ class APBCodec(LearnedCodec):
 
     def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
         with torch.inference_mode():
-            return self.network.prepare(to_tensor(image, self.network.config.size, self.device))
+            return self.network.prepare(to_tensor(image, self.network.config.size, self.device), self.full_resolution(image))
 
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
         v = torch.as_tensor(vector, dtype=torch.float32, device=self.device)[None]  # (5,) -> (1, 5)

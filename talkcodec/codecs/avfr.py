@@ -123,7 +123,7 @@ class AVFRCodec(LearnedCodec):
     def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
         kp_source = vector_keypoints(vector, self.config.num_kp, self.device)
         with torch.inference_mode():
-            features = self.network.prepare(to_tensor(image, self.config.size, self.device))
+            features = self.network.prepare(to_tensor(image, self.config.size, self.device), self.full_resolution(image))
         return features, kp_source
 
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:

@@ -47,6 +47,9 @@ class LearnedSettings:
     reference_quality: int = 90
     refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
     crop: bool = True  # False: input frames are already square face crops (the bench's)
+    # receiver: the networks' image blend warps the 256x256 reference itself (sharp) instead of its
+    # network-size copy upscaled; False: the network's output, upscaled (as trained)
+    full_resolution_blend: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.key_interval <= 10_000 or not 0.05 <= self.precision <= 100:
@@ -92,7 +95,7 @@ def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tenso
     """(H, W, 3) uint8 -> (1, 3, size, size) float in [0, 1]."""
     if image.shape[0] != size or image.shape[1] != size:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
 def to_image(tensor: torch.Tensor, size: int = CROP_SIZE) -> np.ndarray:
@@ -151,6 +154,10 @@ class LearnedCodec(Codec):
                                    f"its mel settings make {(self.mel.n_mels, self.mel.steps)}")  # fmt: skip
             self._network = network.to(self.device).eval()
         return self._network
+
+    def full_resolution(self, image: np.ndarray) -> torch.Tensor | None:
+        """Receiver: the 256x256 reference the image blend warps (``full_resolution_blend``), or None."""
+        return to_tensor(image, CROP_SIZE, self.device) if self.settings.full_resolution_blend else None
 
     def load(self) -> None:
         self.network  # noqa: B018 (the property builds and loads it)

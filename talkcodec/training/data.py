@@ -98,6 +98,14 @@ def _geometry(rng: np.random.Generator, augment: Augment | None, size: int) -> n
     return matrix
 
 
+def rescale_affine(matrix: np.ndarray, size: int, new_size: int) -> np.ndarray:
+    """The same 2x3 pixel affine for an image of ``new_size`` px instead of ``size`` (pixel centres aligned)."""
+    r = size / new_size  # new px -> old px: x_old = r * x_new + (r - 1) / 2
+    to_old = np.array([[r, 0, (r - 1) / 2], [0, r, (r - 1) / 2], [0, 0, 1]])
+    to_new = np.linalg.inv(to_old)
+    return (to_new @ np.vstack([matrix, [0, 0, 1]]) @ to_old)[:2]
+
+
 def _colour(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
     """float32 (H, W, 3) in [0, 1] with brightness, contrast and saturation jitter."""
     brightness, contrast, saturation = 1 + rng.uniform(-amount, amount, 3)
@@ -143,8 +151,10 @@ class PairDataset(torch.utils.data.Dataset):
         self, clips: list[ClipFrames], size: int, mel: MelSettings, fps: float = 25.0,
         ranges: list[tuple[int, int, int]] | None = None, pairs: list[tuple[int, int, int]] | None = None,
         length: int = 1000, augment: Augment | None = None, structure: bool = True, seed: int = 0,
+        full_size: int | None = None,
     ):  # fmt: skip
         self.clips, self.size, self.mel, self.fps = clips, size, mel, fps
+        self.full_size = full_size  # also give source_full / driving_full at this size (the full-resolution blend)
         self.augment, self.structure, self.seed, self.epoch = augment, structure, seed, 0
         self.pairs = pairs
         if pairs is None:
@@ -176,10 +186,12 @@ class PairDataset(torch.utils.data.Dataset):
         clip = self.clips[clip_index]
         matrix = _geometry(rng, self.augment, self.size)
         flip = matrix is not None and matrix[0, 0] < 0
-        colour = (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
-        src = frame_input(clip, source, self.size, matrix, colour, self.structure)
-        colour = (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
-        drv = frame_input(clip, driving, self.size, matrix, colour, self.structure)  # the same colour jitter
+
+        def colour() -> tuple[np.random.Generator, float] | None:  # the same colour jitter for every image of the pair
+            return (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
+
+        src = frame_input(clip, source, self.size, matrix, colour(), self.structure)
+        drv = frame_input(clip, driving, self.size, matrix, colour(), self.structure)
         pose, blink = clip.pose[driving].copy(), clip.blink[driving].copy()
         if flip:
             pose[[0, 2]] *= -1  # mirrored yaw and roll
@@ -191,6 +203,10 @@ class PairDataset(torch.utils.data.Dataset):
             "mel": clip.mel_window(driving, self.fps, self.mel), "pose": pose, "blink": blink,
             "face": np.array(bool(clip.face[driving])),
         }  # fmt: skip
+        if self.full_size is not None:
+            full = None if matrix is None else rescale_affine(matrix, self.size, self.full_size)
+            for key, index in (("source_full", source), ("driving_full", driving)):
+                sample[key] = frame_input(clip, index, self.full_size, full, colour(), structure=False).image
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..models.apb import APBConfig, APBModel
+from ..models.blocks import resize
 from ..models.avfr import AVFRConfig, AVFRModel
 from ..models.discriminators import (
     MultiScaleDiscriminator,
@@ -53,6 +54,11 @@ class Objective(ABC):
     def audio_steps(config: Any) -> int:
         """Mel columns of the audio window the network reads."""
 
+    @staticmethod
+    @abstractmethod
+    def blends(config: Any) -> bool:
+        """Whether the network blends in the warped reference (and so can draw at full resolution)."""
+
     def __init__(self, config: Any, weights: dict[str, float] | None = None, perceptual: nn.Module | None = None):
         unknown = set(weights or {}) - set(self.default_weights)
         if unknown:
@@ -87,6 +93,25 @@ class Objective(ABC):
     @abstractmethod
     def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
 
+    def target(self, batch: Batch, image: torch.Tensor) -> torch.Tensor:
+        """What ``image`` is scored against: the full-resolution frame where the blend drew at that size."""
+        full = batch.get("driving_full")
+        return full if full is not None and full.shape[-2:] == image.shape[-2:] else batch["driving"]
+
+    def network_view(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` at the network's size: what the critic sees and the equivariance loss reads."""
+        return resize(image, self.config.size)
+
+    def perceptual_loss(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """VGG term; on a full-resolution output, over one random window of the network's size
+        (the VGG costs what it does at that size, and sees the blend's sharpness)."""
+        assert self.perceptual is not None
+        size, (height, width) = self.config.size, image.shape[-2:]
+        if height > size and width > size:
+            top, left = (int(torch.randint(0, n - size + 1, ())) for n in (height, width))
+            image, target = (x[..., top : top + size, left : left + size] for x in (image, target))
+        return self.perceptual(image, target)
+
     def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         total = sum(self.weights[name] * value for name, value in terms.items())
         logs = {name: float(value.detach()) for name, value in terms.items()}
@@ -106,6 +131,10 @@ class AVFRObjective(Objective):
     def audio_steps(config: AVFRConfig) -> int:
         return config.audio.steps
 
+    @staticmethod
+    def blends(config: AVFRConfig) -> bool:
+        return config.generator.image_blend
+
     def build_model(self, config: AVFRConfig) -> AVFRModel:
         return AVFRModel(config)
 
@@ -115,26 +144,29 @@ class AVFRObjective(Objective):
 
     def generate(self, batch: Batch) -> dict[str, Any]:
         return self.model(batch["source"], batch["source_mesh"], batch["source_mask"],
-                          batch["driving"], batch["driving_mesh"], batch["driving_mask"], batch["mel"])  # fmt: skip
+                          batch["driving"], batch["driving_mesh"], batch["driving_mask"], batch["mel"],
+                          full_resolution=batch.get("source_full"))  # fmt: skip
 
     def generator_loss(self, batch: Batch, outputs: dict[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        image, target = outputs["image"], batch["driving"]
+        image = outputs["image"]
+        target = self.target(batch, image)
         terms = {"l1": (image - target).abs().mean()}
         if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(image, target)
+            terms["perceptual"] = self.perceptual_loss(image, target)
         tps = RandomTPS(image.shape[0], device=image.device)
         value, jacobian = equivariance_losses(
-            self.model.keypoint_detector, target, batch["driving_mesh"], batch["driving_mask"], outputs["kp_driving"], tps
-        )
+            self.model.keypoint_detector, batch["driving"], batch["driving_mesh"], batch["driving_mask"],
+            outputs["kp_driving"], tps,
+        )  # fmt: skip
         terms["equivariance_value"], terms["equivariance_jacobian"] = value, jacobian
         if adversarial:
-            fake, real = self.critic(image), self.critic(target)
+            fake, real = self.critic(self.network_view(image)), self.critic(batch["driving"])
             terms["adversarial"] = gan_generator_loss(fake)
             terms["feature_matching"] = feature_matching_loss(real, fake)
         return self._total(terms)
 
     def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = gan_discriminator_loss(self.critic(batch["driving"]), self.critic(fake.detach()))
+        loss = gan_discriminator_loss(self.critic(batch["driving"]), self.critic(self.network_view(fake.detach())))
         return loss, {"critic": float(loss.detach())}
 
 
@@ -149,6 +181,10 @@ class APBObjective(Objective):
     def audio_steps(config: APBConfig) -> int:
         return config.fuser.steps
 
+    @staticmethod
+    def blends(config: APBConfig) -> bool:
+        return config.reenactor.image_warp
+
     def build_model(self, config: APBConfig) -> APBModel:
         return APBModel(config)
 
@@ -157,21 +193,22 @@ class APBObjective(Objective):
         return PatchDiscriminator(PatchDiscriminatorConfig(channels=32 if small else 64))
 
     def generate(self, batch: Batch) -> dict[str, Any]:
-        return self.model(batch["source"], batch["mel"], batch["pose"], batch["blink"])
+        return self.model(batch["source"], batch["mel"], batch["pose"], batch["blink"], batch.get("source_full"))
 
     def generator_loss(self, batch: Batch, outputs: dict[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        image, target = outputs["image"], batch["driving"]
+        image = outputs["image"]
+        target = self.target(batch, image)
         face = batch["face"].float()[:, None, None]  # (B,) -> (B, 1, 1): no landmark target without a face
         geometry = ((outputs["landmarks"] - batch["landmarks"]).abs() * face).sum() / (face.sum() * batch["landmarks"][0].numel()).clamp(min=1)
         terms = {"geometry": geometry, "l1": (image - target).abs().mean()}
         if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(image, target)
+            terms["perceptual"] = self.perceptual_loss(image, target)
         if adversarial:
-            terms["adversarial"] = wgan_generator_loss(self.critic(image))
+            terms["adversarial"] = wgan_generator_loss(self.critic(self.network_view(image)))
         return self._total(terms)
 
     def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        fake = fake.detach()
+        fake = self.network_view(fake.detach())
         wasserstein = wgan_critic_loss(self.critic(batch["driving"]), self.critic(fake))
         penalty = gradient_penalty(self.critic, batch["driving"], fake)
         loss = wasserstein + self.weights["gradient_penalty"] * penalty

@@ -5,7 +5,8 @@ A run folder holds ``run.json`` (the training config and the network config), ``
 loads: network + coding statistics + mel settings), ``history.jsonl`` (one line per epoch),
 ``curve.png`` and ``samples/epoch-NNN.png`` (rows: source | driving | generated).
 Validation: ``tail`` = the held-out last part of each training clip (same person, later),
-``unseen`` = whole clips never trained on (new faces); PSNR/SSIM at the network's size.
+``unseen`` = whole clips never trained on (new faces); PSNR/SSIM at the output's size (256 with
+the full-resolution blend, else the network's).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     max_seconds_per_clip: float | None = None  # cache only the start of each clip
     init: str | None = None  # weights to start from: all of them, or with `model` set, every tensor that fits
+    # a network smaller than the 256 crop with an image blend blends the warped 256 crop and is scored
+    # at 256, as a receiver draws (``full_resolution_blend``); False: scored at the network's size
+    full_resolution: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -127,10 +131,11 @@ class Trainer:
         split = Split(tuple(config.held_out), config.tail)
         train_ranges, _, _ = split_ranges(clips, split)
         augment = Augment(flip=kind.flip) if config.augment else None
+        full = CROP_SIZE if config.full_resolution and self.size < CROP_SIZE and kind.blends(model_config) else None
         self.train_set = PairDataset(clips, self.size, self.mel, ranges=train_ranges, length=config.steps_per_epoch * config.batch_size,
-                                     augment=augment, structure=kind.structure, seed=config.seed)  # fmt: skip
+                                     augment=augment, structure=kind.structure, seed=config.seed, full_size=full)  # fmt: skip
         self.val_sets = {
-            name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure)
+            name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure, full_size=full)
             for name, pairs in validation_pairs(clips, split, config.val_per_clip).items() if pairs
         }  # fmt: skip
         self.model, self.critic = self.objective.model.to(self.device), self.objective.critic.to(self.device)
@@ -234,11 +239,12 @@ class Trainer:
                 batch = _to(batch, self.device)
                 with self._autocast():
                     out = self.objective.generate(batch)["image"].float()
-                l1.append((out - batch["driving"]).abs().mean(dim=(1, 2, 3)))
-                psnr.append(_psnr(out.clamp(0, 1), batch["driving"]))
-                ssims.append(ssim(out.clamp(0, 1), batch["driving"], data_range=1.0, size_average=False))
+                target = self.objective.target(batch, out)
+                l1.append((out - target).abs().mean(dim=(1, 2, 3)))
+                psnr.append(_psnr(out.clamp(0, 1), target))
+                ssims.append(ssim(out.clamp(0, 1), target, data_range=1.0, size_average=False))
                 images.append(out.clamp(0, 1).cpu())
-                targets.append(batch["driving"].cpu())
+                targets.append(target.cpu())
                 sources.append(batch["source"].cpu())
             generated = _uint8(torch.cat(images), CROP_SIZE)
             truth = np.stack([self.clips[c].landmarks[d] for c, _, d in dataset.pairs])  # (N, 478, 2) crop px
@@ -375,8 +381,7 @@ def _uint8(images: torch.Tensor, size: int) -> np.ndarray:
 def _grid(title: str, sources: torch.Tensor, drivings: torch.Tensor, generated: torch.Tensor) -> np.ndarray:
     """Rows of source | driving | generated, under a title strip."""
     rows = [
-        np.concatenate(list(_uint8(torch.stack([s, d, g]), 128)), axis=1)
-        for s, d, g in zip(sources, drivings, generated)
+        np.concatenate([_uint8(x[None], 128)[0] for x in (s, d, g)], axis=1) for s, d, g in zip(sources, drivings, generated)
     ]
     body = np.concatenate(rows)
     strip = np.full((24, body.shape[1], 3), 255, np.uint8)
