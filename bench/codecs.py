@@ -4,7 +4,8 @@ Conventional codecs go through ``av.CodecContext`` in memory (no container, no t
 real-time call settings: no B-frames, no look-ahead, one key frame every 10 seconds (a call
 asks for more only on loss). Encoders are flushed and every packet's bytes are counted.
 talkcodec codecs go through their own encoder/decoder, counting ``len(packet.to_bytes())``,
-with the reference image's bytes kept apart.
+with the reference image's bytes kept apart. ``still`` is the yardstick below them all: the
+reference image and nothing else.
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ class Conventional:
             raise RuntimeError(f"{self.label}: {len(frames)} frames in, {len(decoded)} out")
         return Coded(np.stack(decoded), sum(p.size for p in packets), 0, encode_s, decode_s)
 
+
+def run_still(frames: np.ndarray) -> Coded:
+    """The floor every talkcodec codec must beat: the first frame sent once as a reference image
+    (WebP at quality 90, as the learned codecs send theirs) and shown for the whole clip, 0 frame bits."""
+    from ..packet import decode_image, encode_image
+
+    start = time.perf_counter()
+    reference = encode_image(frames[0])
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    shown = np.repeat(decode_image(reference)[None], len(frames), axis=0)
+    return Coded(shown, 0, len(reference), encode_s, time.perf_counter() - start)
+
+
+#: codecs that are not codecs but yardsticks: one cell each, no bitrate sweep
+BASELINES = {"still": "a still frame: the reference image, shown for the whole clip (0 frame bits)"}
 
 CONVENTIONAL: dict[str, Conventional] = {
     "x264": Conventional("libx264", "h264", {"preset": "veryfast", "tune": "zerolatency"}, "H.264 (x264)"),

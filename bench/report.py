@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 
 from .bdrate import bd_quality, bd_rate
-from .codecs import CONVENTIONAL
+from .codecs import BASELINES, CONVENTIONAL
+
+
+def is_talkcodec(codec: str) -> bool:
+    return codec not in CONVENTIONAL and codec not in BASELINES
 
 #: metric -> (label, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -74,7 +78,7 @@ def bd_table(rows: list[dict], anchor: str) -> dict[str, dict[str, float | None]
     a = by_codec[anchor]
     table: dict[str, dict[str, float | None]] = {}
     for codec, points in by_codec.items():
-        if codec == anchor:
+        if codec == anchor or codec in BASELINES:
             continue
         entry: dict[str, float | None] = {}
         for metric, (_, higher) in METRICS.items():
@@ -121,9 +125,9 @@ def equal_quality(rows: list[dict], metrics: tuple[str, ...] = ("lpips", "landma
             needs = {c: needed_kbps([(p["kbps"], p[metric]) for p in pts if p[metric] is not None], row[metric])
                      for c, pts in conventional.items()}  # fmt: skip
             best = min(needs.items(), key=lambda kv: kv[1][1], default=None)
+            ratio = (best[1][0], best[1][1] / row["kbps"]) if best and row["kbps"] > 0 else None  # a still frame sends none
             table.append({"codec": row["codec"], "setting": row["setting"], "kbps": row["kbps"], "metric": metric,
-                          "value": row[metric], "needs": needs, "best": best[0] if best else None,
-                          "ratio": (best[1][0], best[1][1] / row["kbps"]) if best else None})  # fmt: skip
+                          "value": row[metric], "needs": needs, "best": best[0] if best else None, "ratio": ratio})  # fmt: skip
     return table
 
 
@@ -136,7 +140,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def _threads(report: dict) -> str:
-    counts = sorted({c["torch_threads"] for c in report["cells"] if "torch_threads" in c and c["codec"] not in CONVENTIONAL})
+    counts = sorted({c["torch_threads"] for c in report["cells"] if "torch_threads" in c and is_talkcodec(c["codec"])})
     return "/".join(map(str, counts)) or "?"
 
 
@@ -151,7 +155,7 @@ def _packets(report: dict) -> str:
     """Frames per packet each talkcodec codec used, in words."""
     used: dict[str, set[int]] = {}
     for r in report["cells"]:
-        if r["codec"] not in CONVENTIONAL:
+        if is_talkcodec(r["codec"]):
             used.setdefault(r["codec"], set()).add(r.get("frames_per_packet", 1))
     if not used:
         return ""
@@ -184,6 +188,9 @@ def markdown(report: dict) -> str:
             f"{_fmt(r['landmark'], 3)} | {_fmt(r['flicker'])} | {_fmt(r['encode_fps'], 0)} | {_fmt(r['decode_fps'], 0)} | "
             f"{_fmt(r['peak_mb'], 0)} |"
         )
+    baselines = sorted({r["codec"] for r in report["summary"]} & set(BASELINES))
+    lines += [""] + [f"`{name}` is a yardstick, not a codec: {BASELINES[name]}. A codec that does not beat it "
+                     "draws no motion worth its bits." for name in baselines]  # fmt: skip
     anchor = report["settings"]["anchor"]
     if report["bd"]:
         lines += ["", f"BD-rate against {anchor} (negative = fewer bits for the same quality; - = the curves do not "
@@ -206,7 +213,7 @@ def markdown(report: dict) -> str:
             setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["setting"].items())
             needs = [f"{'' if e['needs'][n][0] == '=' else e['needs'][n][0] + ' '}{e['needs'][n][1]:.1f}" for n in names]
             ratio = e["ratio"]
-            shown = f"{'' if ratio[0] == '=' else ratio[0] + ' '}{ratio[1]:.1f} ({e['best']})" if ratio else "-"
+            shown = f"{'' if ratio[0] == '=' else ratio[0] + ' '}{ratio[1]:.1f} ({e['best']})" if ratio else "- (no frame bits)"
             lines.append(f"| {e['codec']} | {setting} | {e['kbps']:.2f} | {e['metric']} | {e['value']:.3f} | "
                          + " | ".join(needs) + f" | {shown} |")  # fmt: skip
     if report["skipped"]:
@@ -228,7 +235,9 @@ def plot(report: dict, path: Path) -> None:
     for ax, (metric, (label, higher)) in zip(axes.flat, METRICS.items()):
         for codec, points in sorted(by_codec.items()):
             pts = [(p["kbps"], p[metric]) for p in points if p[metric] is not None]
-            if pts:
+            if codec in BASELINES and pts:  # no bitrate to place it at: a level to beat
+                ax.axhline(pts[0][1], color="grey", ls=":", lw=1.5, label=f"{codec} (0 kbps)")
+            elif pts:
                 x, y = zip(*pts)
                 talk = codec not in CONVENTIONAL
                 ax.plot(x, y, "o-" if talk else ".--", lw=2.5 if talk else 1.2, label=codec)
@@ -252,7 +261,7 @@ def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | Non
 
     anchor = report["settings"]["anchor"]
     by_codec = curves([r for r in report["cells"] if "error" not in r and r["clip"] == report["clips"][0]])
-    talk = next((c for c in by_codec if c not in CONVENTIONAL), None)
+    talk = next((c for c in by_codec if is_talkcodec(c)), None)
     if talk is None or anchor not in by_codec:
         return None
     mine = min(by_codec[talk], key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))

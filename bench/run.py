@@ -25,13 +25,13 @@ from tqdm import tqdm
 from ..errors import InputError, TalkcodecError
 from ..packet import MAX_FRAMES_PER_PACKET
 from .clips import Clip, expand, load_clip
-from .codecs import CONVENTIONAL, Coded, run_talkcodec
+from .codecs import BASELINES, CONVENTIONAL, Coded, run_still, run_talkcodec
 
 DEFAULT_KBPS = (5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
 TALKCODEC_SWEEPS: dict[str, list[dict[str, Any]]] = {
     name: [{"precision": p} for p in (0.5, 1.0, 2.0, 4.0)] for name in ("mesh", "avfr", "apb")
 }
-DEFAULT_CODECS = ("x264", "x265", "vp8", "vp9", "av1", "mesh")
+DEFAULT_CODECS = ("x264", "x265", "vp8", "vp9", "av1", "still", "mesh")
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder otherwise
 
 
@@ -45,7 +45,7 @@ def setting_label(setting: dict[str, Any]) -> str:
     shown = {k: v for k, v in setting.items() if k != "weights"}  # a path is not a setting's name: its content is
     if "weights" in setting:
         shown["model"] = _file_digest(setting["weights"])
-    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(shown.items()))
+    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(shown.items())) or "default"
 
 
 class PeakMemory:
@@ -81,6 +81,8 @@ class PeakMemory:
 def code(clip: Clip, codec: str, setting: dict[str, Any]) -> Coded:
     if codec in CONVENTIONAL:
         return CONVENTIONAL[codec].run(clip.frames, clip.fps, setting["kbps"])
+    if codec in BASELINES:
+        return run_still(clip.frames)
     return run_talkcodec(codec, setting, clip.frames, clip.fps, clip.audio)
 
 
@@ -125,13 +127,15 @@ def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames
     for codec in codecs:
         if codec in CONVENTIONAL:
             cells += [(codec, {"kbps": k}) for k in kbps]
+        elif codec in BASELINES:
+            cells.append((codec, {}))
         elif codec in TALKCODEC_SWEEPS:
             extra: dict[str, Any] = {"weights": weights[codec]} if codec in weights else {}
             if frames_per_packet is not None:
                 extra["frames_per_packet"] = frames_per_packet
             cells += [(codec, {**s, **extra}) for s in TALKCODEC_SWEEPS[codec]]
         else:
-            known = ", ".join(list(CONVENTIONAL) + list(TALKCODEC_SWEEPS))
+            known = ", ".join(list(CONVENTIONAL) + list(BASELINES) + list(TALKCODEC_SWEEPS))
             raise TalkcodecError(f"bench: unknown codec {codec!r}; known: {known}")
     return cells
 
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
                 cached = None  # a cell cut short by an interruption is redone
             same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
                     "tail": args.tail}  # fmt: skip
-            recorded = codec in CONVENTIONAL or "frames_per_packet" in (cached or {})  # older cells did not say
+            recorded = codec in CONVENTIONAL or codec in BASELINES or "frames_per_packet" in (cached or {})  # older cells did not say
             if cached is not None and recorded and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)
             else:

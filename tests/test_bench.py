@@ -37,6 +37,15 @@ def test_conventional_codecs_are_flushed_and_counted(moving_face, name):
     assert low.frame_bytes < coded.frame_bytes
 
 
+def test_a_still_frame_is_the_reference_image_shown_throughout(moving_face):
+    from talkcodec.bench.codecs import run_still
+    from talkcodec.packet import decode_image, encode_image
+
+    coded = run_still(moving_face)
+    assert coded.frame_bytes == 0 and coded.reference_bytes == len(encode_image(moving_face[0]))
+    assert coded.decoded.shape == moving_face.shape and (coded.decoded == decode_image(encode_image(moving_face[0]))).all()
+
+
 def test_metrics_identical_is_perfect(moving_face):
     m = measure(moving_face[:8], moving_face[:8])
     assert m["psnr"] == 100.0 and m["ssim"] == pytest.approx(1.0) and m["ms_ssim"] == pytest.approx(1.0, abs=1e-5)
@@ -94,11 +103,11 @@ def test_bench_end_to_end_resumes_and_skips_bad_inputs(sample_video, noface_vide
     junk.write_text("not a video")
     out = tmp_path / "out"
     args = [str(sample_video), str(noface_video), str(junk), "--out", str(out), "--seconds", "2",
-            "--codecs", "x264,mesh", "--kbps", "20,100", "-q"]  # fmt: skip
+            "--codecs", "x264,still,mesh", "--kbps", "20,100", "-q"]  # fmt: skip
     assert bench_main(args) == 0
     report = json.loads((out / "results.json").read_text())
     assert set(report) >= {"machine", "settings", "clips", "skipped", "summary", "bd", "cells"}
-    assert report["clips"] == ["sample"] and len(report["cells"]) == 6 and not report["failed"]
+    assert report["clips"] == ["sample"] and len(report["cells"]) == 7 and not report["failed"]
     assert "no face" in report["skipped"]["noface.mp4"] and "not a readable video" in report["skipped"]["junk.mp4"]
     cell = report["cells"][0]
     assert {"kbps", "psnr", "ssim", "ms_ssim", "lpips", "landmark", "flicker", "encode_fps", "decode_fps", "peak_mb"} <= set(cell)
@@ -106,6 +115,10 @@ def test_bench_end_to_end_resumes_and_skips_bad_inputs(sample_video, noface_vide
     assert all(r["reference_bytes"] > 0 for r in mesh) and "bd_rate_psnr" in report["bd"]["mesh"]
     assert (out / "rd.png").stat().st_size > 10_000 and (out / "side_by_side.mp4").exists()
     assert "| mesh |" in (out / "results.md").read_text()
+    (still,) = [r for r in report["summary"] if r["codec"] == "still"]  # the yardstick: one point, no frame bits
+    assert still["kbps"] == 0 and still["reference_bytes"] > 0 and still["lpips"] > 0 and "still" not in report["bd"]
+    assert {e["metric"]: e["ratio"] for e in report["equal_quality"] if e["codec"] == "still"} == {"lpips": None, "landmark": None}
+    assert "`still` is a yardstick" in (out / "results.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
     assert bench_main(args) == 0  # resumes: every cell is read back, none is recomputed
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}

@@ -80,7 +80,8 @@ def test_tiny_run_stops_mid_epoch_resumes_and_its_weights_load(cache, tmp_path, 
     last = train(run, {"epochs": 2}, resume=True, progress=False)  # the cache folder comes from run.json
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert last["step"] == 4 and [h["step"] for h in history] == [0, 2, 4]
-    assert set(last["validation"]["tail"]) >= {"l1", "psnr", "ssim", "landmark"}
+    assert set(last["validation"]["tail"]) >= {"l1", "psnr", "ssim", "lpips", "landmark"}
+    assert 0 < last["validation"]["tail"]["lpips"] < 1  # against the real 256 crops
     assert "adversarial" in history[-1]["train"]  # the critic switched on at gan_start
     assert (run / "samples" / "epoch-002.png").exists() and (run / "curve.png").exists()
     codec_obj = talkcodec.get_codec(codec, weights=str(run / "weights.safetensors"))

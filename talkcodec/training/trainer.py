@@ -227,6 +227,7 @@ class Trainer:
     def validate(self, epoch: int) -> dict[str, dict[str, float]]:
         from pytorch_msssim import ssim
 
+        from ..bench.lpips import lpips
         from ..bench.quality import landmark_distance, landmarks
 
         self.model.eval()
@@ -250,8 +251,10 @@ class Trainer:
             truth = np.stack([self.clips[c].landmarks[d] for c, _, d in dataset.pairs])  # (N, 478, 2) crop px
             distance = landmark_distance(truth, landmarks(generated))
             found = np.isfinite(distance)
+            crops = np.stack([self.clips[c].image(d) for c, _, d in dataset.pairs])  # the real 256 crops, as the bench scores
             results[name] = {
                 "l1": float(torch.cat(l1).mean()), "psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssims).mean()),
+                "lpips": float(lpips(crops, generated).mean()),
                 "landmark": float(distance[found].mean()) if found.any() else float("nan"),
                 "landmark_missing": float(1 - found.mean()), "pairs": len(found),
             }  # fmt: skip
@@ -334,7 +337,8 @@ class Trainer:
             self._write_history()
             self.save()
             if self.progress:
-                figures = "  ".join(f"{n}: L1 {v['l1']:.4f} PSNR {v['psnr']:.2f} SSIM {v['ssim']:.3f} lmk {v['landmark']:.3f}"
+                figures = "  ".join(f"{n}: L1 {v['l1']:.4f} PSNR {v['psnr']:.2f} SSIM {v['ssim']:.3f} LPIPS {v['lpips']:.3f} "
+                                    f"lmk {v['landmark']:.3f}"
                                     for n, v in validation.items())  # fmt: skip
                 tqdm.write(f"epoch {epoch} (step {self.step}): {figures}")
             if stopped:
