@@ -19,6 +19,7 @@ from importlib import resources
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 CROP_SIZE = 256
 NUM_LANDMARKS = 478  # 468 mesh points + 10 iris points (refine_landmarks=True)
@@ -48,6 +49,7 @@ class FaceObservation:
     landmarks: np.ndarray | None  # (478, 3) float32, None when no face
     mask: np.ndarray | None = None  # (S, S) float32 in [0, 1], person segmentation
     pose: np.ndarray | None = None  # (3,) yaw, pitch, roll in degrees
+    position: np.ndarray | None = None  # (3,) head position from the camera, canonical-face units (cm): x right, y down, z away
     blink: np.ndarray | None = None  # (2,) eye aspect ratio, right and left eye
     crop_box: tuple[float, float, float] = (0.0, 0.0, 0.0)  # centre x, centre y, side (source px)
     crop_changed: bool = False  # the crop moved since the previous frame
@@ -93,14 +95,15 @@ def canonical_face_model() -> np.ndarray:
     return vertices * np.array([1.0, -1.0, -1.0])
 
 
+def aspect_ratio(p: np.ndarray) -> np.ndarray:
+    """(..., 6, 2) eye points p1..p6 -> (...,) (|p2-p6| + |p3-p5|) / (2 |p1-p4|)."""
+    vertical = np.linalg.norm(p[..., 1, :] - p[..., 5, :], axis=-1) + np.linalg.norm(p[..., 2, :] - p[..., 4, :], axis=-1)
+    return vertical / np.maximum(2.0 * np.linalg.norm(p[..., 0, :] - p[..., 3, :], axis=-1), 1e-6)
+
+
 def eye_aspect_ratio(landmarks: np.ndarray) -> np.ndarray:
-    """(right, left) eye aspect ratio = (|p2-p6| + |p3-p5|) / (2 |p1-p4|); ~0.3 open, <0.15 shut."""
-    out = []
-    for eye in (RIGHT_EYE, LEFT_EYE):
-        p = landmarks[list(eye), :2]
-        vertical = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
-        out.append(vertical / max(2.0 * np.linalg.norm(p[0] - p[3]), 1e-6))
-    return np.array(out, dtype=np.float32)
+    """(right, left) eye aspect ratio of (478, 2+) landmarks; ~0.3 open, <0.15 shut."""
+    return np.array([aspect_ratio(landmarks[list(eye), :2]) for eye in (RIGHT_EYE, LEFT_EYE)], dtype=np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -131,20 +134,36 @@ class HeadPoseEstimator:
         self._tvec: np.ndarray | None = None
 
     def __call__(self, landmarks: np.ndarray) -> np.ndarray:
+        """(3,) yaw, pitch, roll in degrees."""
+        return self.solve(landmarks)[0]
+
+    def solve(self, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head's 6-DoF pose: (3,) yaw, pitch, roll in degrees, and (3,) its position (cm, camera
+        axes). Consecutive calls start from the previous solution (a video's frames)."""
         model = canonical_face_model()
         image_points = landmarks[: len(model), :2].astype(np.float64)
         guess = self._rvec is not None
         ok, rvec, tvec = cv2.solvePnP(
-            model, image_points, self.camera, None, self._rvec, self._tvec,
+            model, image_points, self.camera, None,
+            None if self._rvec is None else self._rvec.copy(), None if self._tvec is None else self._tvec.copy(),
             useExtrinsicGuess=guess, flags=cv2.SOLVEPNP_ITERATIVE,
         )  # fmt: skip
         if not ok:
             self._rvec = self._tvec = None
-            return np.zeros(3, dtype=np.float32)
+            return np.zeros(3, dtype=np.float32), np.array([0.0, 0.0, 50.0], dtype=np.float32)
         self._rvec, self._tvec = rvec, tvec
         rotation, _ = cv2.Rodrigues(rvec)
         pitch, yaw, roll = cv2.RQDecomp3x3(rotation)[0]
-        return np.array([yaw, pitch, roll], dtype=np.float32)
+        return np.array([yaw, pitch, roll], dtype=np.float32), tvec.ravel().astype(np.float32)
+
+    def project(self, angles: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Where the canonical face's 468 vertices land in the image, (468, 2) pixels, for a head at
+        ``angles`` (yaw, pitch, roll in degrees, as ``solve`` gives them) and ``position``."""
+        yaw, pitch, roll = (float(a) for a in angles)
+        rotation = Rotation.from_euler("xyz", [pitch, yaw, roll], degrees=True).as_matrix()  # inverts RQDecomp3x3
+        points, _ = cv2.projectPoints(canonical_face_model(), cv2.Rodrigues(rotation)[0],
+                                      np.asarray(position, np.float64).reshape(3, 1), self.camera, None)  # fmt: skip
+        return points[:, 0, :]  # (468, 1, 2) -> (468, 2)
 
 
 def square_box(points: np.ndarray, settings: CropSettings, frame_size: tuple[int, int]) -> tuple[float, float, float]:
@@ -300,5 +319,5 @@ class FaceTracker:
         if landmarks is not None:
             observation.blink = eye_aspect_ratio(landmarks)
             if self._pose is not None:
-                observation.pose = self._pose(landmarks)
+                observation.pose, observation.position = self._pose.solve(landmarks)
         return observation

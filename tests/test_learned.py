@@ -294,3 +294,30 @@ def test_shipped_weights_load_by_default_and_draw_the_sample(name, sample_video)
     encoder.close()
     crop = encoder.last_observation.crop.astype(np.float32)
     assert len(frames) == 10 and np.abs(frames[-1].image.astype(np.float32) - crop).mean() < 40  # the face, not noise
+
+
+@pytest.mark.parametrize("damage", ["short", "nan", "far", "position"])
+def test_hostile_apb_references_are_a_packet_error(damage, tmp_path, sample_video):
+    from talkcodec.packet import pack, unpack
+
+    path = _tiny_weights("apb", tmp_path / "w.safetensors")
+    codec = talkcodec.get_codec("apb", weights=str(path))
+    encoder = codec.encoder(fps=25)
+    reference = next(p for f in read_frames(sample_video, fps=25, max_seconds=0.2) for p in encoder.encode(f))
+    encoder.close()
+    meta = unpack(reference.payload)
+    landmarks = np.frombuffer(meta["landmarks"], "<f2").copy()
+    vector = np.frombuffer(meta["vector"], "<f2").copy()
+    if damage == "short":
+        meta["landmarks"] = meta["landmarks"][:-2]
+    elif damage in ("nan", "far"):
+        landmarks[7] = np.nan if damage == "nan" else 5000.0
+        meta["landmarks"] = landmarks.astype("<f2").tobytes()
+    else:
+        vector[7] = 0.0  # the head at the camera
+        meta["vector"] = vector.astype("<f2").tobytes()
+    hostile = Packet(reference.codec_id, PacketKind.REFERENCE, reference.seq, pack(meta), ref_id=reference.ref_id)
+    decoder = codec.decoder()
+    with pytest.raises(PacketError, match="apb reference"):
+        decoder.decode(Packet.from_bytes(hostile.to_bytes()))
+    assert decoder.decode(Packet.from_bytes(reference.to_bytes())) == []  # the genuine reference is still taken

@@ -120,7 +120,7 @@ class AVFRCodec(LearnedCodec):
         assert observation.landmarks is not None
         return keypoint_vector(self.detect(observation.crop, observation.landmarks, observation.mask))
 
-    def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
+    def prepare(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any]) -> Any:
         kp_source = vector_keypoints(vector, self.config.num_kp, self.device)
         with torch.inference_mode():
             features = self.network.prepare(to_tensor(image, self.config.size, self.device), self.full_resolution(image))

@@ -178,10 +178,15 @@ class LearnedCodec(Codec):
     def vector(self, observation: FaceObservation) -> np.ndarray:
         """Sender: the float vector this frame sends (the observation has a face)."""
 
+    def reference_extras(self, observation: FaceObservation) -> dict[str, Any]:
+        """Sender: what else a reference packet with a face carries for this codec (beside the
+        image and the vector); read back by ``prepare``."""
+        return {}
+
     @abstractmethod
-    def prepare(self, image: np.ndarray, vector: np.ndarray) -> Any:
-        """Receiver: per-reference state (encoded features) from the reference image and its
-        own vector, computed once per reference."""
+    def prepare(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any]) -> Any:
+        """Receiver: per-reference state (encoded features) from the reference image, its own
+        vector and its packet's fields (untrusted: ``PacketError`` when malformed), once per reference."""
 
     @abstractmethod
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
@@ -222,6 +227,7 @@ class LearnedEncoder(StreamEncoder):
         self.key_base = None
         if symbols is not None:
             meta["vector"] = self._vector.astype("<f2").tobytes()  # the reference's own values, float16
+            meta.update(self.learned.reference_extras(observation))
             self.key_base = self.stream.quantizer.quantize(reference_vector(meta["vector"], len(self._vector)))
         return meta
 
@@ -272,7 +278,7 @@ class LearnedDecoder(StreamDecoder):
         vector = reference_vector(meta.get("vector"), codec.vector_size())
         stream = self._stream(float(precision))
         try:
-            state = codec.prepare(image, vector)
+            state = codec.prepare(image, vector, meta)
         except RuntimeError as exc:  # the network refused these inputs
             raise PacketError(f"{codec.name} reference the network cannot use ({exc})") from None
         return _Reference(image, stream, base=stream.quantizer.quantize(vector), state=state)

@@ -17,7 +17,8 @@ import torch
 from ..audio import MelSettings
 from ..codecs.avfr import detector_inputs
 from ..errors import InputError
-from ..face import CROP_SIZE
+from ..face import CROP_SIZE, HeadPoseEstimator
+from ..warp import PiecewiseAffineWarp
 
 SILENCE = float(np.log(1e-6))
 
@@ -124,14 +125,16 @@ class FrameInput:
 
 def frame_input(
     clip: ClipFrames, index: int, size: int, matrix: np.ndarray | None,
-    colour: tuple[np.random.Generator, float] | None, structure: bool = True,
+    colour: tuple[np.random.Generator, float] | None, structure: bool = True, picture: np.ndarray | None = None,
 ) -> FrameInput:  # fmt: skip
-    """One frame at ``size`` px, through the augmentation ``matrix`` (the same for a pair's frames)."""
+    """One frame at ``size`` px, through the augmentation ``matrix`` (the same for a pair's frames);
+    ``picture``: a (256, 256, 3) image to use instead of the cached frame (without structure)."""
     if structure:
         landmarks = clip.landmarks[index] if clip.face[index] else None
         image, mesh, mask, _ = detector_inputs(clip.image(index), landmarks, clip.mask[index].astype(np.float32) / 255, size, matrix)
     else:
-        image = cv2.resize(clip.image(index), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        picture = clip.image(index) if picture is None else picture
+        image = cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         if matrix is not None:
             image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         mesh = mask = np.zeros((1, 1), np.float32)
@@ -151,10 +154,13 @@ class PairDataset(torch.utils.data.Dataset):
         self, clips: list[ClipFrames], size: int, mel: MelSettings, fps: float = 25.0,
         ranges: list[tuple[int, int, int]] | None = None, pairs: list[tuple[int, int, int]] | None = None,
         length: int = 1000, augment: Augment | None = None, structure: bool = True, seed: int = 0,
-        full_size: int | None = None,
+        full_size: int | None = None, posed: bool = False,
     ):  # fmt: skip
         self.clips, self.size, self.mel, self.fps = clips, size, mel, fps
         self.full_size = full_size  # also give source_full / driving_full at this size (the full-resolution blend)
+        # the source is the source frame moved to the driving frame's head pose (``apb``'s posed reference)
+        self.posed = posed
+        self._warp = PiecewiseAffineWarp(CROP_SIZE) if posed else None
         self.augment, self.structure, self.seed, self.epoch = augment, structure, seed, 0
         self.pairs = pairs
         if pairs is None:
@@ -190,7 +196,8 @@ class PairDataset(torch.utils.data.Dataset):
         def colour() -> tuple[np.random.Generator, float] | None:  # the same colour jitter for every image of the pair
             return (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
 
-        src = frame_input(clip, source, self.size, matrix, colour(), self.structure)
+        picture = self._posed(clip, source, driving) if self.posed else None
+        src = frame_input(clip, source, self.size, matrix, colour(), self.structure, picture)
         drv = frame_input(clip, driving, self.size, matrix, colour(), self.structure)
         pose, blink = clip.pose[driving].copy(), clip.blink[driving].copy()
         if flip:
@@ -205,9 +212,21 @@ class PairDataset(torch.utils.data.Dataset):
         }  # fmt: skip
         if self.full_size is not None:
             full = None if matrix is None else rescale_affine(matrix, self.size, self.full_size)
-            for key, index in (("source_full", source), ("driving_full", driving)):
-                sample[key] = frame_input(clip, index, self.full_size, full, colour(), structure=False).image
+            for key, index, image in (("source_full", source, picture), ("driving_full", driving, None)):
+                sample[key] = frame_input(clip, index, self.full_size, full, colour(), False, image).image
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
+
+    def _posed(self, clip: ClipFrames, source: int, driving: int) -> np.ndarray | None:
+        """The source frame warped to the driving frame's 6-DoF head pose and eye openings, exactly
+        as an `apb` receiver moves its reference (``codecs.apb.posed_landmarks``); None without both faces."""
+        from ..codecs.apb import landmark_vector, posed_landmarks
+
+        if not (clip.face[source] and clip.face[driving]):
+            return None
+        head = HeadPoseEstimator(CROP_SIZE)
+        moved = posed_landmarks(clip.landmarks[source], head, *(landmark_vector(clip.landmarks[i], head) for i in (source, driving)))
+        assert self._warp is not None
+        return self._warp(clip.image(source), clip.landmarks[source], moved)
 
 
 def split_ranges(clips: list[ClipFrames], split: Split) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[int]]:

@@ -46,6 +46,7 @@ class Objective(ABC):
     structure: ClassVar[bool]  # batches need mesh rasters and masks
     flip: ClassVar[bool]  # horizontal flips keep the targets valid
     needs_audio: ClassVar[bool]  # train only on clips with audio
+    posed: ClassVar[bool]  # the source is moved to the driving frame's head pose first, as the receiver does
     presets: ClassVar[dict[str, Any]]
     config_class: ClassVar[type]  # the network's config dataclass (from_dict / to_dict)
 
@@ -123,7 +124,7 @@ class AVFRObjective(Objective):
     codec = "avfr"
     default_weights = {"l1": 10.0, "perceptual": 1.0, "equivariance_value": 10.0, "equivariance_jacobian": 1.0,
                        "adversarial": 0.1, "feature_matching": 1.0}  # fmt: skip
-    structure, flip, needs_audio = True, True, False
+    structure, flip, needs_audio, posed = True, True, False, False
     presets = {"tiny": AVFRConfig.tiny, "small": AVFRConfig.small, "paper": AVFRConfig}
     config_class = AVFRConfig
 
@@ -173,7 +174,7 @@ class AVFRObjective(Objective):
 class APBObjective(Objective):
     codec = "apb"
     default_weights = {"geometry": 1.0, "l1": 100.0, "adversarial": 1.0, "perceptual": 1.0, "gradient_penalty": 10.0}
-    structure, flip, needs_audio = False, False, True
+    structure, flip, needs_audio, posed = False, False, True, True
     presets = {"tiny": APBConfig.tiny, "small": APBConfig.small, "paper": APBConfig}
     config_class = APBConfig
 

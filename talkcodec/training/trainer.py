@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..audio import MelSettings
 from ..device import resolve_device
 from ..errors import InputError, TalkcodecError, WeightsError
-from ..face import CROP_SIZE
+from ..face import CROP_SIZE, HeadPoseEstimator
 from ..quant import VectorCoding
 from ..weights import (
     load_checkpoint,
@@ -133,9 +133,9 @@ class Trainer:
         augment = Augment(flip=kind.flip) if config.augment else None
         full = CROP_SIZE if config.full_resolution and self.size < CROP_SIZE and kind.blends(model_config) else None
         self.train_set = PairDataset(clips, self.size, self.mel, ranges=train_ranges, length=config.steps_per_epoch * config.batch_size,
-                                     augment=augment, structure=kind.structure, seed=config.seed, full_size=full)  # fmt: skip
+                                     augment=augment, structure=kind.structure, seed=config.seed, full_size=full, posed=kind.posed)  # fmt: skip
         self.val_sets = {
-            name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure, full_size=full)
+            name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure, full_size=full, posed=kind.posed)
             for name, pairs in validation_pairs(clips, split, config.val_per_clip).items() if pairs
         }  # fmt: skip
         self.model, self.critic = self.objective.model.to(self.device), self.objective.critic.to(self.device)
@@ -192,10 +192,10 @@ class Trainer:
         train_ranges, _, _ = split_ranges(self.clips, Split(tuple(self.config.held_out), self.config.tail))
         runs = [(c, run) for c, a, b in train_ranges for run in _face_runs(self.clips[c].face, a, b)]
         if self.config.codec == "apb":
-            tracks = [
-                np.stack([apb.pose_blink_vector(self.clips[c].pose[i], self.clips[c].blink[i]) for i in run])
-                for c, run in runs
-            ]
+            tracks = []
+            for c, run in runs:  # the 6-DoF pose along each run, solved in order as a sender does
+                head = HeadPoseEstimator(CROP_SIZE)
+                tracks.append(np.stack([apb.landmark_vector(self.clips[c].landmarks[i], head) for i in run]))
             return VectorCoding.fit(tracks, apb.CODING_STEP)
         self.model.eval()
         tracks = []
@@ -343,6 +343,8 @@ class Trainer:
                 tqdm.write(f"epoch {epoch} (step {self.step}): {figures}")
             if stopped:
                 break
+        if not (self.run_dir / "weights.safetensors").exists():  # no step to take (--epochs 0): export as started
+            self.export(self.run_dir / "weights.safetensors")
         return self.history[-1]
 
     def _write_history(self) -> None:
