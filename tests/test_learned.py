@@ -20,6 +20,7 @@ from talkcodec.video import read_frames
 from talkcodec.weights import load_checkpoint, load_matching, load_module, load_weights, save_checkpoint, save_weights
 
 FRAMES = 30
+DRAWS_WITH_AUDIO = {"avfr": {}, "apb": {"refine": True}}  # apb reads the audio only with its networks on
 
 
 def _tiny_weights(codec: str, path, seed: int = 0):
@@ -57,7 +58,7 @@ def _encode(name, path, video, **settings):
 def _decode(name, path, wires, video):
     from talkcodec.audio import load_audio
 
-    decoder = talkcodec.get_codec(name, weights=str(path)).decoder()
+    decoder = talkcodec.get_codec(name, weights=str(path), **DRAWS_WITH_AUDIO[name]).decoder()
     assert decoder.uses_audio
     decoder.push_audio(load_audio(video, 16000, max_seconds=2), 16000)
     return [f for group in wires for wire in group for f in decoder.decode(Packet.from_bytes(wire))] + decoder.flush()
@@ -107,16 +108,34 @@ def test_later_frames_of_a_packet_are_drawn_when_due_with_the_audio_heard_by_the
     name, path, _ = learned
     packets = [Packet.from_bytes(w) for g in _encode(name, path, sample_video) for w in g]
     full = _decode(name, path, [[p.to_bytes() for p in packets]], sample_video)  # audio known from the start
-    live = talkcodec.get_codec(name, weights=str(path)).decoder()
+    live = talkcodec.get_codec(name, weights=str(path), **DRAWS_WITH_AUDIO[name]).decoder()
     first = [f for p in packets[:2] for f in live.decode(p)]  # reference + the first packet, frames 0-2
     assert packets[1].frames == 3 and [f.seq for f in first] == [0]  # only the frame that is due
     live.push_audio(load_audio(sample_video, 16000, max_seconds=2), 16000)  # the audio arrives
     later = live.decode(None) + live.decode(None)
     assert [(f.seq, f.concealed) for f in later] == [(1, False), (2, False)]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(later, full[1:3]))  # drawn with the audio
-    deaf = talkcodec.get_codec(name, weights=str(path)).decoder()  # what drawing them on arrival would give
+    deaf = talkcodec.get_codec(name, weights=str(path), **DRAWS_WITH_AUDIO[name]).decoder()  # drawn on arrival
     silent = [f for p in packets[:2] for f in deaf.decode(p)] + deaf.flush()
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(later, silent[1:3]))
+
+
+def test_apb_without_refine_draws_the_posed_reference_without_audio_or_networks(tmp_path, sample_video):
+    from talkcodec.packet import decode_image, unpack
+
+    path = _tiny_weights("apb", tmp_path / "w.safetensors")
+    wires = _encode("apb", path, sample_video)
+    codec = talkcodec.get_codec("apb", weights=str(path))
+    decoder = codec.decoder()
+    assert not decoder.uses_audio and decoder.lookahead_s == 0.0
+    frames = [f for g in wires for w in g for f in decoder.decode(Packet.from_bytes(w))] + decoder.flush()
+    assert [f.seq for f in frames] == list(range(FRAMES)) and codec._network is None  # no network was even built
+    refined = _decode("apb", path, wires, sample_video)
+    assert all(not np.array_equal(a.image, b.image) for a, b in zip(frames[1:], refined[1:]))
+    # the first frame is the reference moved to its own pose: the reference itself
+    reference = next(Packet.from_bytes(w) for g in wires for w in g if Packet.from_bytes(w).kind == PacketKind.REFERENCE)
+    image = decode_image(unpack(reference.payload)["image"])
+    assert np.abs(frames[0].image.astype(int) - image).mean() < 1.0
 
 
 def test_stream_from_other_weights_is_refused(learned, tmp_path):

@@ -84,7 +84,7 @@ def test_tiny_run_stops_mid_epoch_resumes_and_its_weights_load(cache, tmp_path, 
     assert 0 < last["validation"]["tail"]["lpips"] < 1  # against the real 256 crops
     assert "adversarial" in history[-1]["train"]  # the critic switched on at gan_start
     assert (run / "samples" / "epoch-002.png").exists() and (run / "curve.png").exists()
-    codec_obj = talkcodec.get_codec(codec, weights=str(run / "weights.safetensors"))
+    codec_obj = talkcodec.get_codec(codec, weights=str(run / "weights.safetensors"), **({"refine": True} if codec == "apb" else {}))
     assert codec_obj.weights.info["step"] == 4 and codec_obj.mel.steps == MelSettings().steps
     assert codec_obj.decoder().lookahead_s == pytest.approx(0.1)
     assert codec_obj.network is not None  # the exported network loads into the codec

@@ -6,13 +6,13 @@ delta): about 1 kbps. No network runs at the sender. The reference packet also c
 reference's landmarks (x, y, float16).
 
 Receiver, per frame: the reference's landmarks are moved as the canonical head moves from the
-reference's 6-DoF pose to the frame's (a rigid motion seen through the camera), its eyelids
-opened or closed by the ratio of eye aspect ratios; the 256x256 reference is warped piecewise-
-affinely onto them ("posed reference", sharp); then the paper's networks: the audio-aware fuser
-(log-mel window of the *received*, Opus-decoded audio + pose + blink) -> f_geo -> AdaConv
-reenactor over the posed reference -> 256x256. The audio look-ahead (``lookahead_s`` of the
-weights' mel settings) is latency: a frame can be drawn only once that much audio after it has
-arrived. Why the posed reference (the paper has none): docs/DECISIONS.md.
+reference's 6-DoF pose to the frame's (a rigid motion seen through the camera), each eye set
+to the frame's opening; the 256x256 reference is warped piecewise-affinely onto them ("posed
+reference", sharp). With ``refine``, the paper's networks then run over it: the audio-aware
+fuser (log-mel window of the *received*, Opus-decoded audio + pose + blink) -> f_geo -> AdaConv
+reenactor -> 256x256; the audio look-ahead (``lookahead_s`` of the weights' mel settings) is
+then latency: a frame can be drawn only once that much audio after it has arrived. Why the
+posed reference (the paper has none) and why ``refine`` is off by default: docs/DECISIONS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..face import (
 from ..models.apb import APBConfig, APBModel
 from ..registry import register_codec
 from ..warp import PiecewiseAffineWarp
-from .learned import LearnedCodec, to_image, to_tensor
+from .learned import LearnedCodec, LearnedSettings, to_image, to_tensor
 
 POSE_STEP_DEG = 0.5
 BLINK_STEP = 0.01
@@ -89,9 +89,20 @@ class PosedReference:
     vector: np.ndarray  # (8,)
 
 
+@dataclass(frozen=True)
+class APBSettings(LearnedSettings):
+    # receiver: run the paper's networks (audio-aware fuser + AdaConv reenactor: the audio-driven
+    # mouth) over the posed reference. Off by default: the shipped CPU-trained networks draw the
+    # mouth region blurrier than the posed reference shows it (docs/MODELS.md) and decode 4x slower
+    refine: bool = False
+
+
 @register_codec("apb")
 class APBCodec(LearnedCodec):
-    """Pose + blink + the call's audio (APB2FaceV2): about 1 kbps; needs trained weights."""
+    """Pose + blink (+ the call's audio with ``refine``), APB2FaceV2: about 1.2 kbps; needs trained weights."""
+
+    Settings = APBSettings
+    settings: APBSettings
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)
@@ -126,11 +137,17 @@ class APBCodec(LearnedCodec):
             raise PacketError("apb reference head position out of range")
         return PosedReference(image, landmarks, vector)
 
-    def render(self, state: PosedReference, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    @property
+    def draws_with_audio(self) -> bool:
+        return self.settings.refine
+
+    def render(self, state: PosedReference, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray:
         if not 1 <= vector[7] <= 1000:  # behind the camera or absurdly far: a damaged or hostile packet
             raise PacketError("apb head position out of range")
         moved = posed_landmarks(state.landmarks, self.head, state.vector, vector)
         posed = self.warp(state.image, state.landmarks, moved)
+        if mel is None:  # without ``refine``
+            return posed
         network = self.network
         prepared = network.prepare(to_tensor(posed, network.config.size, self.device), self.full_resolution(posed))
         v = torch.as_tensor(vector[:5], dtype=torch.float32, device=self.device)[None]  # (5,) -> (1, 5)

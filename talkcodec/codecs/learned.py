@@ -188,10 +188,15 @@ class LearnedCodec(Codec):
         """Receiver: per-reference state (encoded features) from the reference image, its own
         vector and its packet's fields (untrusted: ``PacketError`` when malformed), once per reference."""
 
+    @property
+    def draws_with_audio(self) -> bool:
+        """Whether the receiver reads the call's audio to draw a frame (it then waits for its look-ahead)."""
+        return True
+
     @abstractmethod
-    def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    def render(self, state: Any, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray:
         """Receiver: (256, 256, 3) uint8 frame from the reference state, the vector and the
-        (n_mels, steps) log-mel window of the frame's audio."""
+        (n_mels, steps) log-mel window of the frame's audio (None unless ``draws_with_audio``)."""
 
     def frames_per_packet(self, fps: Fraction) -> int:
         """The setting, or by default the most frames whose hold-back (n - 1 frame intervals)
@@ -238,13 +243,12 @@ class _Reference(StreamReference):
 
 
 class LearnedDecoder(StreamDecoder):
-    uses_audio = True
-
     def __init__(self, codec: LearnedCodec, reference: np.ndarray | None = None):
         super().__init__(codec, reference)
         self.learned = codec
         self.audio = AudioTimeline(codec.mel)
-        self.lookahead_s = codec.mel.lookahead_s
+        self.uses_audio = codec.draws_with_audio
+        self.lookahead_s = codec.mel.lookahead_s if self.uses_audio else 0.0
         self._streams: dict[float, VectorStream] = {}
 
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> None:
@@ -288,6 +292,7 @@ class LearnedDecoder(StreamDecoder):
         vector = reference.stream.quantizer.dequantize(symbols)
         try:
             with torch.inference_mode():
-                return self.learned.render(reference.state, vector, self.audio.window(float(seq / self._fps)))
+                mel = self.audio.window(float(seq / self._fps)) if self.uses_audio else None
+                return self.learned.render(reference.state, vector, mel)
         except RuntimeError as exc:  # e.g. a singular jacobian that slipped past the codec's checks
             raise PacketError(f"{self.learned.name} frame the network cannot draw ({exc})") from None
