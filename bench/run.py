@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..cli import parse_settings
 from ..errors import InputError, TalkcodecError
 from ..packet import MAX_FRAMES_PER_PACKET
 from .clips import Clip, expand, load_clip
@@ -122,7 +123,8 @@ def _one_thread_each() -> None:
     cv2.setNumThreads(1)
 
 
-def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames_per_packet: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames_per_packet: int | None = None,
+           settings: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
     cells: list[tuple[str, dict[str, Any]]] = []
     for codec in codecs:
         if codec in CONVENTIONAL:
@@ -131,6 +133,7 @@ def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames
             cells.append((codec, {}))
         elif codec in TALKCODEC_SWEEPS:
             extra: dict[str, Any] = {"weights": weights[codec]} if codec in weights else {}
+            extra.update((settings or {}).get(codec, {}))
             if frames_per_packet is not None:
                 extra["frames_per_packet"] = frames_per_packet
             cells += [(codec, {**s, **extra}) for s in TALKCODEC_SWEEPS[codec]]
@@ -151,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
     parser.add_argument("--weights", action="append", default=[], metavar="CODEC=PATH",
                         help="weights for a learned codec (avfr, apb), e.g. apb=run/weights.safetensors")
+    parser.add_argument("--set", action="append", default=[], metavar="CODEC.KEY=VALUE",
+                        help="a setting for every cell of a talkcodec codec, e.g. apb.refine=true")
     parser.add_argument("--frames-per-packet", type=int, default=None, metavar="N",
                         help="talkcodec codecs send N frames per packet: fewer bits, N-1 frames of delay "
                              "(default: each codec's own, 1 for mesh, 3 at 25 fps for avfr / apb)")  # fmt: skip
@@ -176,7 +181,13 @@ def run(args: argparse.Namespace) -> dict:
         raise TalkcodecError(f"bench: --tail is a fraction in (0, 1), got {args.tail:g}")
     if args.frames_per_packet is not None and not 1 <= args.frames_per_packet <= MAX_FRAMES_PER_PACKET:
         raise TalkcodecError(f"bench: --frames-per-packet must be in 1..{MAX_FRAMES_PER_PACKET}")
-    cells = _cells(codecs, kbps, weights, args.frames_per_packet)
+    settings: dict[str, dict[str, Any]] = {}
+    for key, value in parse_settings(args.set).items():
+        codec, _, name = key.partition(".")
+        if codec not in TALKCODEC_SWEEPS or not name:
+            raise TalkcodecError(f"bench: --set takes CODEC.KEY=VALUE for a talkcodec codec ({', '.join(TALKCODEC_SWEEPS)}), got {key!r}")
+        settings.setdefault(codec, {})[name] = value
+    cells = _cells(codecs, kbps, weights, args.frames_per_packet, settings)
     if args.anchor not in codecs:
         raise TalkcodecError(f"bench: the anchor {args.anchor!r} is not among --codecs")
     sources = expand(args.clips) if args.clips else [sample_path()]

@@ -155,3 +155,13 @@ def test_equal_quality_bitrate_is_interpolated_in_log_rate(value, expected):
     curve = [(20.0, 0.2), (5.0, 0.4), (10.0, 0.3), (80.0, 0.15)]  # unsorted on purpose
     bound, kbps = needed_kbps(curve, value)
     assert bound == expected[0] and kbps == pytest.approx(expected[1])
+
+
+def test_bench_settings_reach_every_cell_of_their_codec(tmp_path, sample_video):
+    from talkcodec.bench.run import _cells, setting_label
+
+    cells = _cells(["x264", "apb"], [10.0], {}, None, {"apb": {"refine": True}})
+    assert cells[0] == ("x264", {"kbps": 10.0}) and all(s["refine"] is True for c, s in cells[1:])
+    assert setting_label(cells[1][1]) == "precision0.5_refineTrue"
+    with pytest.raises(TalkcodecError, match="CODEC.KEY=VALUE"):
+        bench_main([str(sample_video), "--set", "x264.preset=slow", "--out", str(tmp_path), "-q"])
