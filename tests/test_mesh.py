@@ -220,3 +220,21 @@ def test_face_that_leaves_and_returns_gets_a_new_reference(astronaut_frame):
     assert holds == [5, 6, 7, 8, 9]
     assert [f.seq for f in frames] == list(range(15)) and not any(f.concealed for f in frames)
     assert np.array_equal(frames[7].image, frames[4].image)  # held while the face was away
+
+
+def test_frames_are_drawn_with_blas_on_one_thread_and_the_setting_is_restored(stream):
+    from threadpoolctl import ThreadpoolController
+
+    def blas_threads():
+        return {pool["num_threads"] for pool in ThreadpoolController().info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    decoder = talkcodec.get_codec("mesh").decoder()
+    seen = []
+    render = decoder.render
+    decoder.render = lambda *args: seen.append(blas_threads()) or render(*args)
+    for group in stream[0][:5]:
+        for wire in group:
+            decoder.decode(Packet.from_bytes(wire))
+    assert len(seen) == 5 and all(threads == {1} for threads in seen)
+    assert blas_threads() == before

@@ -19,10 +19,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from ..api import Codec, Decoder, Encoder, Frame
 from ..errors import PacketError
@@ -31,6 +32,19 @@ from ..packet import Packet, PacketKind, encode_image, pack
 from ..quant import VectorStream
 
 MAX_REFERENCES = 4  # a decoder keeps the few most recent references
+
+
+@lru_cache(maxsize=1)
+def _thread_pools() -> ThreadpoolController:
+    return ThreadpoolController()  # made on the first frame drawn: every BLAS a decoder uses is loaded by then
+
+
+def one_blas_thread() -> Any:
+    """Context: BLAS (numpy's and scipy's OpenBLAS) on one thread while a frame is drawn. Their
+    threads spin after each small product (the warp's triangulation, the landmark geometry) and
+    take the cores from PyTorch's: `apb` with its networks decoded at 9 fps on 2 cores, 27 with
+    this (DECISIONS.md). ~20 us a frame."""
+    return _thread_pools().limit(limits=1, user_api="blas")
 
 
 @dataclass
@@ -237,7 +251,8 @@ class StreamDecoder(Decoder):
 
     def _draw_one(self, seq: int, draw: Callable[[], np.ndarray] | None, concealed: bool) -> list[Frame]:
         try:
-            image = None if draw is None else draw()
+            with one_blas_thread():
+                image = None if draw is None else draw()
         except PacketError:  # a frame the network cannot draw: held, in its place
             image, concealed = None, True
         return self._emit(image, seq, concealed)
