@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from .blocks import (
-    DownBlock, ResBlock, SPADEResBlock, UpBlock, blend_head, blend_warped, conv_norm_act, resize, warp,
+    DownBlock,
+    ResBlock,
+    SPADEResBlock,
+    UpBlock,
+    blend_head,
+    blend_warped,
+    conv_norm_act,
+    resize,
+    warp,
 )
 
 

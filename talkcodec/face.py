@@ -148,7 +148,7 @@ class HeadPoseEstimator:
             None if self._rvec is None else self._rvec.copy(), None if self._tvec is None else self._tvec.copy(),
             useExtrinsicGuess=guess, flags=cv2.SOLVEPNP_ITERATIVE,
         )  # fmt: skip
-        if not ok:
+        if not ok:  # a frontal head straight ahead, 50 cm away (about a face filling the crop)
             self._rvec = self._tvec = None
             return np.zeros(3, dtype=np.float32), np.array([0.0, 0.0, 50.0], dtype=np.float32)
         self._rvec, self._tvec = rvec, tvec

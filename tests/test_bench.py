@@ -39,6 +39,7 @@ def test_conventional_codecs_are_flushed_and_counted(moving_face, name):
 
 def test_a_still_frame_is_the_reference_image_shown_throughout(moving_face):
     from talkcodec.bench.codecs import run_still
+
     from talkcodec.packet import decode_image, encode_image
 
     coded = run_still(moving_face)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from talkcodec.models.apb import APBConfig, APBModel
 from talkcodec.models.avfr import AVFRConfig, AVFRModel
 from talkcodec.models.blocks import blend_warped, make_grid, resize
+
 from talkcodec.training.data import rescale_affine
 
 S, R = 32, 64  # network size, full resolution

@@ -25,7 +25,14 @@ import torch
 
 from ..errors import PacketError
 from ..face import (
-    CROP_SIZE, LEFT_EYE, NUM_LANDMARKS, RIGHT_EYE, FaceObservation, HeadPoseEstimator, aspect_ratio, eye_aspect_ratio,
+    CROP_SIZE,
+    LEFT_EYE,
+    NUM_LANDMARKS,
+    RIGHT_EYE,
+    FaceObservation,
+    HeadPoseEstimator,
+    aspect_ratio,
+    eye_aspect_ratio,
 )
 from ..models.apb import APBConfig, APBModel
 from ..registry import register_codec

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..models.apb import APBConfig, APBModel
-from ..models.blocks import resize
 from ..models.avfr import AVFRConfig, AVFRModel
+from ..models.blocks import resize
 from ..models.discriminators import (
     MultiScaleDiscriminator,
     MultiScaleDiscriminatorConfig,
