@@ -76,7 +76,7 @@ def crop_clip(path: Path, seconds: float, fps: float = 25.0, start: int = 0) -> 
 
 def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0, tail: float | None = None) -> Clip:
     """The clip's crops and landmarks, from the cache when they were made with the same settings."""
-    from .quality import landmarks
+    from ..metrics import landmarks
 
     cache.mkdir(parents=True, exist_ok=True)
     start = tail_start(path, tail, fps)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .bdrate import bd_quality, bd_rate
@@ -21,15 +22,26 @@ from .codecs import BASELINES, CONVENTIONAL
 def is_talkcodec(codec: str) -> bool:
     return codec not in CONVENTIONAL and codec not in BASELINES
 
-#: metric -> (label, higher is better)
+#: metric -> (label, higher is better); whole frame first, then where people look (talkcodec.metrics)
 METRICS: dict[str, tuple[str, bool]] = {
     "psnr": ("PSNR (dB)", True),
     "ssim": ("SSIM", True),
     "ms_ssim": ("MS-SSIM", True),
-    "lpips": ("LPIPS-Alex", False),
-    "landmark": ("landmark distance (/ inter-ocular)", False),
     "flicker": ("temporal flicker (8-bit levels)", False),
+    "lpips": ("LPIPS-Alex", False),
+    "dists": ("DISTS", False),
+    "landmark": ("landmark distance (/ inter-ocular)", False),
+    "eye_lpips": ("eye LPIPS-Alex", False),
+    "lip_sync": ("lip-sync (lip-gap correlation)", True),
+    "mouth_lpips": ("mouth LPIPS-Alex", False),
+    "mouth_landmark": ("mouth landmarks (/ inter-ocular)", False),
+    "blink_sync": ("blink-sync (eye-opening correlation)", True),
 }
+#: the BD-rate columns results.md shows (results.json has every metric)
+_BD_SHOWN = ("psnr", "lpips", "dists", "landmark", "lip_sync", "mouth_lpips", "mouth_landmark")
+#: the metrics a still frame cannot fake: every "x fewer bits" claim is made on these
+METRICS_WHERE_PEOPLE_LOOK = ("lip_sync", "mouth_lpips", "mouth_landmark", "eye_lpips", "blink_sync")
+MOUTH_AWARE = ("dists", "mouth_lpips", "mouth_landmark", "lip_sync")
 _AVERAGED = ("kbps", "kbps_with_reference", "reference_bytes", *METRICS, "landmark_missing", "encode_fps",
              "decode_fps", "peak_mb")  # fmt: skip
 
@@ -96,10 +108,12 @@ def bd_table(rows: list[dict], anchor: str) -> dict[str, dict[str, float | None]
     return table
 
 
-def needed_kbps(points: list[tuple[float, float]], value: float) -> tuple[str, float]:
-    """Bitrate at which a conventional codec's curve of (kbps, lower-is-better metric) reaches
-    ``value``, interpolated in log-rate: ("=", kbps), or ("<=", lowest kbps) when its lowest rate
-    already does, or (">", highest kbps) when even its highest does not."""
+def needed_kbps(points: list[tuple[float, float]], value: float, higher: bool = False) -> tuple[str, float]:
+    """Bitrate at which a conventional codec's curve of (kbps, metric) reaches ``value``,
+    interpolated in log-rate: ("=", kbps), or ("<=", lowest kbps) when its lowest rate already
+    does, or (">", highest kbps) when even its highest does not. ``higher``: higher is better."""
+    if higher:
+        points, value = [(r, -m) for r, m in points], -value
     pts = sorted(points)
     if value >= pts[0][1]:
         return "<=", pts[0][0]
@@ -110,24 +124,32 @@ def needed_kbps(points: list[tuple[float, float]], value: float) -> tuple[str, f
     return ">", pts[-1][0]
 
 
-def equal_quality(rows: list[dict], metrics: tuple[str, ...] = ("lpips", "landmark")) -> list[dict]:
-    """For every talkcodec operating point: the bitrate each conventional codec needs for the same
-    (mean) LPIPS / landmark distance, and how many times fewer bits talkcodec sends (goal: >= 10)."""
+def equal_quality(rows: list[dict], metrics: tuple[str, ...] = ("lpips", "landmark", *MOUTH_AWARE)) -> list[dict]:
+    """For every talkcodec operating point and metric: the bitrate each conventional codec needs for
+    the same (mean) figure, and how many times fewer bits talkcodec sends (goal: >= 10). A ratio is
+    given only where the point beats the still frame on that metric (``beats_still``): matching
+    what a frozen picture reaches for free is no saving."""
     by_codec = curves(rows)
     conventional = {c: pts for c, pts in by_codec.items() if c in CONVENTIONAL}
+    still = next((pts[0] for c, pts in by_codec.items() if c in BASELINES), None)
     table = []
     for row in rows:
         if row["codec"] in CONVENTIONAL:
             continue
         for metric in metrics:
+            higher = METRICS[metric][1]
             if row.get(metric) is None:
                 continue
-            needs = {c: needed_kbps([(p["kbps"], p[metric]) for p in pts if p[metric] is not None], row[metric])
-                     for c, pts in conventional.items()}  # fmt: skip
+            needs = {c: needed_kbps([(p["kbps"], p[metric]) for p in pts if p[metric] is not None], row[metric], higher)
+                     for c, pts in conventional.items() if any(p[metric] is not None for p in pts)}  # fmt: skip
+            floor = still.get(metric) if still is not None else None
+            beats = None if floor is None or row["codec"] in BASELINES else (
+                row[metric] > floor if higher else row[metric] < floor)  # fmt: skip
             best = min(needs.items(), key=lambda kv: kv[1][1], default=None)
-            ratio = (best[1][0], best[1][1] / row["kbps"]) if best and row["kbps"] > 0 else None  # a still frame sends none
+            ratio = (best[1][0], best[1][1] / row["kbps"]) if best and row["kbps"] > 0 and beats is not False else None
             table.append({"codec": row["codec"], "setting": row["setting"], "kbps": row["kbps"], "metric": metric,
-                          "value": row[metric], "needs": needs, "best": best[0] if best else None, "ratio": ratio})  # fmt: skip
+                          "value": row[metric], "still": floor, "beats_still": beats, "needs": needs,
+                          "best": best[0] if best else None, "ratio": ratio})  # fmt: skip
     return table
 
 
@@ -137,6 +159,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _setting(setting: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
 
 
 def _threads(report: dict) -> str:
@@ -177,17 +203,27 @@ def markdown(report: dict) -> str:
         f"{_threads(report)} PyTorch thread(s) (`--jobs 1` gives them every core; `--jobs N` one each)."
         f"{_packets(report)}",
         "",
-        "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | landmark | flicker | enc fps | dec fps | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Whole frame:",
+        "",
+        "| codec | setting | kbps | ref kB | PSNR | SSIM | MS-SSIM | LPIPS | DISTS | landmark | flicker | enc fps | dec fps | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["summary"]:
-        setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["setting"].items())
         lines.append(
-            f"| {r['codec']} | {setting} | {_fmt(r['kbps'])} | {_fmt((r['reference_bytes'] or 0) / 1000, 1)} | "
+            f"| {r['codec']} | {_setting(r['setting'])} | {_fmt(r['kbps'])} | {_fmt((r['reference_bytes'] or 0) / 1000, 1)} | "
             f"{_fmt(r['psnr'])} | {_fmt(r['ssim'], 3)} | {_fmt(r['ms_ssim'], 3)} | {_fmt(r['lpips'], 3)} | "
-            f"{_fmt(r['landmark'], 3)} | {_fmt(r['flicker'])} | {_fmt(r['encode_fps'], 0)} | {_fmt(r['decode_fps'], 0)} | "
-            f"{_fmt(r['peak_mb'], 0)} |"
+            f"{_fmt(r.get('dists'), 3)} | {_fmt(r['landmark'], 3)} | {_fmt(r['flicker'])} | {_fmt(r['encode_fps'], 0)} | "
+            f"{_fmt(r['decode_fps'], 0)} | {_fmt(r['peak_mb'], 0)} |"
         )
+    lines += ["", "Where people look (mediapipe landmarks of original and decoded; boxes cut around the original's "
+              "lips, side 1.1 x inter-ocular, and eyes, 0.6 x, scored at 64x64; `missing` = frames where either "
+              "side shows no face, left out of these and of `landmark`):", "",
+              "| codec | setting | kbps | lip-sync | mouth LPIPS | mouth landmark | eye LPIPS | blink-sync | missing |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in report["summary"]:
+        lines.append(f"| {r['codec']} | {_setting(r['setting'])} | {_fmt(r['kbps'])} | {_fmt(r.get('lip_sync'), 3)} | "
+                     f"{_fmt(r.get('mouth_lpips'), 3)} | {_fmt(r.get('mouth_landmark'), 3)} | {_fmt(r.get('eye_lpips'), 3)} | "
+                     f"{_fmt(r.get('blink_sync'), 3)} | {_fmt(r.get('landmark_missing'), 3)} |")  # fmt: skip
     baselines = sorted({r["codec"] for r in report["summary"]} & set(BASELINES))
     lines += [""] + [f"`{name}` is a yardstick, not a codec: {BASELINES[name]}. A codec that does not beat it "
                      "draws no motion worth its bits." for name in baselines]  # fmt: skip
@@ -195,27 +231,33 @@ def markdown(report: dict) -> str:
     if report["bd"]:
         lines += ["", f"BD-rate against {anchor} (negative = fewer bits for the same quality; - = the curves do not "
                   "overlap), and BD-PSNR (dB at equal bitrate):", "",
-                  "| codec | BD-rate PSNR | BD-rate SSIM | BD-rate MS-SSIM | BD-rate LPIPS | BD-rate landmark | BD-PSNR |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| codec | " + " | ".join(f"BD-rate {METRICS[m][0].split(' (')[0]}" for m in _BD_SHOWN) + " | BD-PSNR |",
+                  "|---" * (len(_BD_SHOWN) + 2) + "|"]  # fmt: skip
         for codec, e in report["bd"].items():
             cells = [_fmt(e.get(f"bd_rate_{m}"), 1) + ("%" if e.get(f"bd_rate_{m}") is not None else "")
-                     for m in ("psnr", "ssim", "ms_ssim", "lpips", "landmark")]  # fmt: skip
+                     for m in _BD_SHOWN]  # fmt: skip
             lines.append(f"| {codec} | " + " | ".join(cells) + f" | {_fmt(e.get('bd_psnr_db'))} |")
     if report.get("equal_quality"):
         names = sorted({c for e in report["equal_quality"] for c in e["needs"]})
         lines += ["", "Equal quality: the bitrate each conventional codec needs to reach each talkcodec point's mean "
-                  "LPIPS / landmark distance (interpolated in log-rate on the mean curves; <= and > where the "
-                  "point lies outside a curve), and `x fewer bits` = that of the best conventional codec / "
-                  "talkcodec's kbps (the goal is >= 10):", "",
-                  "| codec | setting | kbps | metric | value | " + " | ".join(f"{n} kbps" for n in names)
-                  + " | x fewer bits |", "|---" * (6 + len(names)) + "|"]  # fmt: skip
+                  "figure (interpolated in log-rate on the mean curves; <= and > where the point lies outside a "
+                  "curve), and `x fewer bits` = that of the best conventional codec / talkcodec's kbps (the goal is "
+                  ">= 10). It is given only where the point beats the still frame on that metric (`still` column): "
+                  "a figure a frozen picture reaches for free saves nothing.", "",
+                  "| codec | setting | kbps | metric | value | still | " + " | ".join(f"{n} kbps" for n in names)
+                  + " | x fewer bits |", "|---" * (7 + len(names)) + "|"]  # fmt: skip
         for e in report["equal_quality"]:
-            setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["setting"].items())
-            needs = [f"{'' if e['needs'][n][0] == '=' else e['needs'][n][0] + ' '}{e['needs'][n][1]:.1f}" for n in names]
+            needs = [f"{'' if e['needs'][n][0] == '=' else e['needs'][n][0] + ' '}{e['needs'][n][1]:.1f}"
+                     if n in e["needs"] else "-" for n in names]  # fmt: skip
             ratio = e["ratio"]
-            shown = f"{'' if ratio[0] == '=' else ratio[0] + ' '}{ratio[1]:.1f} ({e['best']})" if ratio else "- (no frame bits)"
-            lines.append(f"| {e['codec']} | {setting} | {e['kbps']:.2f} | {e['metric']} | {e['value']:.3f} | "
-                         + " | ".join(needs) + f" | {shown} |")  # fmt: skip
+            if e.get("beats_still") is False:
+                shown = "no better than a still frame"
+            elif ratio:
+                shown = f"{'' if ratio[0] == '=' else ratio[0] + ' '}{ratio[1]:.1f} ({e['best']})"
+            else:
+                shown = "- (no frame bits)"
+            lines.append(f"| {e['codec']} | {_setting(e['setting'])} | {e['kbps']:.2f} | {e['metric']} | {e['value']:.3f} | "
+                         f"{_fmt(e.get('still'), 3)} | " + " | ".join(needs) + f" | {shown} |")  # fmt: skip
     if report["skipped"]:
         lines += ["", "Skipped inputs:", ""] + [f"- {name}: {why}" for name, why in report["skipped"].items()]
     if report["failed"]:
@@ -230,7 +272,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(3, 4, figsize=(20, 12.5))
     by_codec = curves(report["summary"])
     for ax, (metric, (label, higher)) in zip(axes.flat, METRICS.items()):
         for codec, points in sorted(by_codec.items()):
@@ -245,6 +287,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xlabel("kbps (frames only, log scale)")
         ax.set_ylabel(label + ("" if higher else ", lower is better"))
         ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(("where people look: " if metric in METRICS_WHERE_PEOPLE_LOOK else "whole frame: ") + label.split(" (")[0])
     axes.flat[0].legend()
     fig.suptitle(f"talkcodec bench: {len(report['clips'])} clip(s), {_span(report['settings'])}, 256x256")
     fig.tight_layout()
@@ -277,6 +320,36 @@ def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | Non
     return path
 
 
+def mouth_strip(out: Path, report: dict, sources: dict[str, str], rows: int = 6) -> Path | None:
+    """mouths.png: ``rows`` frames of the first clip, evenly spaced, as mouth boxes (the metric's,
+    shown at 96 px): original | each codec (talkcodec at precision 1, conventional codecs at the
+    rate nearest 20 kbps)."""
+    from ..demo import label
+    from ..metrics import mouth_boxes
+    from .clips import load_clip
+    from .run import code
+
+    settings, name = report["settings"], report["clips"][0]
+    clip = load_clip(Path(sources[name]), out / "crops", settings["seconds"], tail=settings.get("tail"))
+    faces = np.flatnonzero(np.isfinite(clip.landmarks).all(axis=(1, 2)))
+    if len(faces) == 0:
+        return None
+    picks = faces[np.linspace(0, len(faces) - 1, rows).round().astype(int)]
+    columns = [("original", clip.frames)]
+    for codec, points in sorted(curves([r for r in report["cells"] if r["clip"] == name]).items()):
+        if is_talkcodec(codec):
+            cell = min(points, key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))
+        else:
+            cell = min(points, key=lambda r: abs(np.log(max(r["kbps"], 1e-3) / 20.0)))
+        columns.append((f"{codec} {cell['kbps']:.1f}", code(clip, codec, cell["setting"]).decoded))
+    boxes = [(title, mouth_boxes(frames[picks], clip.landmarks[picks])) for title, frames in columns]
+    grid = [np.hstack([label(cv2.resize(b[i], (96, 96), interpolation=cv2.INTER_CUBIC), title if i == 0 else "")
+                       for title, b in boxes]) for i in range(len(picks))]  # fmt: skip
+    path = out / "mouths.png"
+    cv2.imwrite(str(path), np.vstack(grid)[:, :, ::-1])
+    return path
+
+
 def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ok = [r for r in results if "error" not in r]
@@ -305,4 +378,5 @@ def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: 
 
         sources = {p.stem: str(p) for p in (expand(args.clips) if args.clips else [sample_path()])}
         side_by_side(out, report, sources)
+        mouth_strip(out, report, sources)
     return report

@@ -94,7 +94,7 @@ def run_cell(
     """Code one clip (its last ``tail`` if given) with one codec setting and measure everything about it."""
     import torch
 
-    from .quality import measure
+    from ..metrics import measure
 
     clip = load_clip(Path(source), Path(cache), seconds, tail=tail)
     with PeakMemory() as memory:
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         import multiprocessing
 
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["talkcodec.bench.run", "talkcodec.bench.quality"])
+        context.set_forkserver_preload(["talkcodec.bench.run", "talkcodec.metrics"])
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context, initializer=_one_thread_each) as pool:
             futures = {pool.submit(run_cell, *job): (path, job) for path, job in todo}
             for future in as_completed(futures):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import make_grid, resize
-from .vgg import VGG_WEIGHTS, VGG16Features, load
+from .pretrained import VGG16, VGG_WEIGHTS, vgg16
 
 # --------------------------------------------------------------------------- perceptual
 
@@ -35,7 +35,7 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         if len(layer_weights) != 4:
             raise ValueError(f"layer_weights needs one weight per VGG layer (4), got {len(layer_weights)}")
-        self.vgg = load(weights) if weights is not None else VGG16Features().eval()
+        self.vgg = vgg16(weights) if weights is not None else VGG16(stages=4).eval()
         self.vgg.requires_grad_(False)
         self.scales = tuple(scales)
         self.layer_weights = tuple(layer_weights)

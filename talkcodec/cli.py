@@ -129,7 +129,8 @@ def cmd_enroll(args: argparse.Namespace) -> None:
                            parse_settings(args.set))  # fmt: skip
     for name, figures in (("base weights", before), ("personal weights", after)):
         print(f"{name:>16}: L1 {figures['l1']:.4f}  PSNR {figures['psnr']:.2f} dB  SSIM {figures['ssim']:.3f}  "
-              f"LPIPS {figures['lpips']:.3f}  landmarks {figures['landmark']:.3f}  (last 20 % of the video)")  # fmt: skip
+              f"LPIPS {figures['lpips']:.3f}  landmarks {figures['landmark'] or float('nan'):.3f}  "
+              f"mouth LPIPS {figures.get('mouth_lpips') or float('nan'):.3f}  (last 20 % of the video)")  # fmt: skip
     print(f"{args.out}: use it on both sides with --set weights={args.out}")
 
 

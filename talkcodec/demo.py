@@ -78,7 +78,7 @@ def run_demo(
         if original is None:
             return np.hstack([np.zeros_like(decoded), label(decoded, caption)])
         report.psnr.append(psnr(original, decoded))
-        report.ssim.append(ssim(original, decoded))
+        report.ssim.append(float(ssim(original[None], decoded[None])[0]))
         return np.hstack([label(original, "original"), label(decoded, caption)])
 
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -42,3 +43,15 @@ def real_clips() -> Path:
     if not CLIPS.is_dir():
         pytest.skip(f"real clips not found at {CLIPS} (only CI and developer machines have them)")
     return CLIPS
+
+
+@pytest.fixture(scope="session")
+def moving_face(astronaut_frame):
+    """Two seconds of the astronaut sliding and zooming a little, 256x256 at 25 fps."""
+    base = cv2.resize(astronaut_frame, (256, 256))
+    frames = []
+    for i in range(50):
+        m = cv2.getRotationMatrix2D((128, 128), 2 * np.sin(i / 8), 1 + 0.02 * np.sin(i / 11))
+        m[0, 2] += 4 * np.sin(i / 6)
+        frames.append(cv2.warpAffine(base, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
+    return np.stack(frames)

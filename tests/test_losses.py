@@ -26,7 +26,7 @@ from talkcodec.models.losses import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from talkcodec.models.vgg import VGG_WEIGHTS
+from talkcodec.models.pretrained import VGG_WEIGHTS
 from torch.nn.utils import parametrize
 
 

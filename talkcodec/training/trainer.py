@@ -86,11 +86,6 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-10)
-    return 10 * torch.log10(1 / mse)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path, data: list[str | Path] | None, cache_dir: str | Path | None,
                  device: str = "auto", progress: bool = True, model_config: Any = None):  # fmt: skip
@@ -225,39 +220,29 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, dict[str, float]]:
-        from pytorch_msssim import ssim
-
-        from ..bench.lpips import lpips
-        from ..bench.quality import landmark_distance, landmarks
+        from ..metrics import measure
 
         self.model.eval()
         results: dict[str, dict[str, float]] = {}
         grids = []
         for name, dataset in self.val_sets.items():
             loader = torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size)
-            l1, psnr, ssims, images, targets, sources = [], [], [], [], [], []
+            l1, images, targets, sources = [], [], [], []
             for batch in loader:
                 batch = _to(batch, self.device)
                 with self._autocast():
                     out = self.objective.generate(batch)["image"].float()
                 target = self.objective.target(batch, out)
                 l1.append((out - target).abs().mean(dim=(1, 2, 3)))
-                psnr.append(_psnr(out.clamp(0, 1), target))
-                ssims.append(ssim(out.clamp(0, 1), target, data_range=1.0, size_average=False))
                 images.append(out.clamp(0, 1).cpu())
                 targets.append(target.cpu())
                 sources.append(batch["source"].cpu())
             generated = _uint8(torch.cat(images), CROP_SIZE)
             truth = np.stack([self.clips[c].landmarks[d] for c, _, d in dataset.pairs])  # (N, 478, 2) crop px
-            distance = landmark_distance(truth, landmarks(generated))
-            found = np.isfinite(distance)
             crops = np.stack([self.clips[c].image(d) for c, _, d in dataset.pairs])  # the real 256 crops, as the bench scores
-            results[name] = {
-                "l1": float(torch.cat(l1).mean()), "psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssims).mean()),
-                "lpips": float(lpips(crops, generated).mean()),
-                "landmark": float(distance[found].mean()) if found.any() else float("nan"),
-                "landmark_missing": float(1 - found.mean()), "pairs": len(found),
-            }  # fmt: skip
+            figures = measure(crops, generated, truth)  # the bench's metrics, over pairs instead of a clip
+            figures.pop("flicker")  # frame-to-frame change means nothing across random pairs
+            results[name] = {"l1": float(torch.cat(l1).mean()), **figures, "pairs": len(generated)}
             rows = min(6, len(generated))
             grids.append(_grid(name, torch.cat(sources)[:rows], torch.cat(targets)[:rows], torch.cat(images)[:rows]))
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -338,7 +323,7 @@ class Trainer:
             self.save()
             if self.progress:
                 figures = "  ".join(f"{n}: L1 {v['l1']:.4f} PSNR {v['psnr']:.2f} SSIM {v['ssim']:.3f} LPIPS {v['lpips']:.3f} "
-                                    f"lmk {v['landmark']:.3f}"
+                                    f"lmk {_fmt(v['landmark'])} mouth LPIPS {_fmt(v['mouth_lpips'])} lip-sync {_fmt(v['lip_sync'])}"
                                     for n, v in validation.items())  # fmt: skip
                 tqdm.write(f"epoch {epoch} (step {self.step}): {figures}")
             if stopped:
@@ -374,6 +359,10 @@ def export_weights(path: str | Path, codec: str, model: torch.nn.Module, coding:
     return save_weights(
         path, codec, model.config.to_dict(), tensors, info={"mel": dataclasses.asdict(mel), **(info or {})}
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _uint8(images: torch.Tensor, size: int) -> np.ndarray:
