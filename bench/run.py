@@ -162,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
     parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--metric-stride", type=int, default=1, help="SSIM/MS-SSIM/LPIPS/landmarks on every Nth frame")
+    parser.add_argument("--metric-stride", type=int, default=1, help="SSIM/MS-SSIM/LPIPS/landmarks/mouth metrics on every Nth frame, DISTS on every 5Nth (default 1)")
     parser.add_argument("--no-video", action="store_true", help="skip the side-by-side video")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> dict:
             same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
                     "tail": args.tail}  # fmt: skip
             recorded = codec in CONVENTIONAL or codec in BASELINES or "frames_per_packet" in (cached or {})  # older cells did not say
+            recorded = recorded and "lip_sync" in (cached or {})  # cells from before the mouth metrics are redone
             if cached is not None and recorded and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)
             else:

@@ -117,9 +117,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.resume and not args.data and not args.cache:
         raise TalkcodecError("--data is required for a new run (clip files or folders), or --cache with a built cache")
     last = train(args.out, settings, args.data, args.cache, args.resume, args.minutes, args.device, not args.quiet)
-    figures = {name: {k: round(v, 4) for k, v in m.items()} for name, m in (last.get("validation") or {}).items()}
+    figures = {name: {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} for name, m in (last.get("validation") or {}).items()}
     print(f"{args.out}: step {last['step']}, validation {json.dumps(figures)}")
     print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set weights=...)")
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def cmd_enroll(args: argparse.Namespace) -> None:
@@ -129,8 +133,8 @@ def cmd_enroll(args: argparse.Namespace) -> None:
                            parse_settings(args.set))  # fmt: skip
     for name, figures in (("base weights", before), ("personal weights", after)):
         print(f"{name:>16}: L1 {figures['l1']:.4f}  PSNR {figures['psnr']:.2f} dB  SSIM {figures['ssim']:.3f}  "
-              f"LPIPS {figures['lpips']:.3f}  landmarks {figures['landmark'] or float('nan'):.3f}  "
-              f"mouth LPIPS {figures.get('mouth_lpips') or float('nan'):.3f}  (last 20 % of the video)")  # fmt: skip
+              f"LPIPS {figures['lpips']:.3f}  landmarks {_figure(figures['landmark'])}  "
+              f"mouth LPIPS {_figure(figures.get('mouth_lpips'))}  (last 20 % of the video)")  # fmt: skip
     print(f"{args.out}: use it on both sides with --set weights={args.out}")
 
 

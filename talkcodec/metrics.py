@@ -5,7 +5,8 @@ Whole frame: PSNR, SSIM and MS-SSIM (pytorch-msssim: Gaussian window 11, sigma 1
 DISTS (``talkcodec.models.pretrained``), landmark distance, temporal flicker.
 
 Where people look, from mediapipe landmarks of the original and of the decoded frame (the
-inter-ocular distance ``iod`` is between the outer eye corners 33 and 263 of the original):
+inter-ocular distance ``iod`` is between the outer eye corners 33 and 263: the original's for
+distances and boxes, each face's own for its lip gap):
 
 - ``lip_sync``: Pearson correlation over the clip of the inner-lip gap |p13 - p14| / iod,
   decoded against original (0 = unrelated or a mouth that never moves, 1 = opens and closes
@@ -90,7 +91,8 @@ def lpips(reference: np.ndarray, decoded: np.ndarray, batch: int = 16) -> np.nda
 
 
 def dists(reference: np.ndarray, decoded: np.ndarray, batch: int = 4) -> np.ndarray:
-    """DISTS per frame of two (T, H, W, 3) uint8 RGB sequences -> (T,) in [0, 1]."""
+    """DISTS per frame of two (T, H, W, 3) uint8 RGB sequences -> (T,): 0 for identical images,
+    ~0.1-0.3 for mild damage, ~0.4 and more for unrelated pictures."""
     from .models.pretrained import dists as _dists
 
     return _batched(_dists(), reference, decoded, batch, 1 / 255)
@@ -163,10 +165,11 @@ def boxes(frames: np.ndarray, centres: np.ndarray, sides: np.ndarray, size: int 
     resized to size x size (edge pixels repeated where a box leaves the frame) -> (T, size, size, 3)."""
     out = np.zeros((len(frames), size, size, 3), np.uint8)
     for i, (frame, (cx, cy), side) in enumerate(zip(frames, centres, sides)):
-        s = size / side  # box pixels -> output pixels
-        m = np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], np.float64)
-        out[i] = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        native = max(size, int(np.ceil(side)))  # cut at (at least) the box's own resolution ...
+        s = native / side
+        m = np.array([[s, 0, native / 2 - s * cx], [0, s, native / 2 - s * cy]], np.float64)
+        box = cv2.warpAffine(frame, m, (native, native), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[i] = cv2.resize(box, (size, size), interpolation=cv2.INTER_AREA)  # ... then area-average down
     return out
 
 
@@ -196,6 +199,8 @@ def measure(
     frames. PSNR and flicker use every frame; SSIM, MS-SSIM, LPIPS and the landmark-based ones
     every ``stride``-th; DISTS every ``DISTS_EVERY * stride``-th. ``reference_landmarks``: the
     original's (T, 478, 2) landmarks when already known."""
+    if len(reference) == 0 or reference.shape != decoded.shape:
+        raise ValueError(f"measure: needs two sequences of the same frames, got {reference.shape} and {decoded.shape}")
     sub_ref, sub_dec = reference[::stride], decoded[::stride]
     ref_lm = (landmarks(reference) if reference_landmarks is None else reference_landmarks)[::stride]
     dec_lm = landmarks(sub_dec)
