@@ -341,7 +341,9 @@ def mouth_strip(out: Path, report: dict, sources: dict[str, str], rows: int = 6)
         return None
     picks = faces[np.linspace(0, len(faces) - 1, rows).round().astype(int)]
     columns = [("original", clip.frames)]
-    for codec, points in sorted(curves([r for r in report["cells"] if r["clip"] == name]).items()):
+    order = {"still": 0}  # the yardstick, then talkcodec's codecs, then the conventional ones
+    by_codec = curves([r for r in report["cells"] if r["clip"] == name])
+    for codec, points in sorted(by_codec.items(), key=lambda kv: (order.get(kv[0], 1 if is_talkcodec(kv[0]) else 2), kv[0])):
         if is_talkcodec(codec):
             cell = min(points, key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))
         else:

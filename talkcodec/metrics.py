@@ -10,7 +10,7 @@ distances and boxes, each face's own for its lip gap):
 
 - ``lip_sync``: Pearson correlation over the clip of the inner-lip gap |p13 - p14| / iod,
   decoded against original (0 = unrelated or a mouth that never moves, 1 = opens and closes
-  with the speaker);
+  with the speaker); None when the original's mouth stays shut (gap std < 0.01 iod);
 - ``mouth_landmark``: mean distance of the 40 lip points / iod;
 - ``mouth_lpips``: LPIPS-Alex on a square box around the ORIGINAL frame's lips (side 1.1 iod),
   both images cut at the same box and resized to 64x64;
@@ -41,6 +41,7 @@ EYES = ((7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173,
 MOUTH_BOX = 1.1  # side of the mouth box / iod
 EYE_BOX = 0.6  # side of each eye box / iod
 BOX_PIXELS = 64  # boxes are scored at 64x64
+MIN_LIP_MOTION = 0.01  # lip-sync needs the original's lip gap to vary by this much (std, / iod)
 DISTS_EVERY = 5  # DISTS (0.35 s a frame on 2 cores) on every 5th of the frames the costly metrics use
 
 
@@ -187,6 +188,13 @@ def eye_boxes(frames: np.ndarray, reference_points: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- one sequence
 
 
+def _moves(gap: np.ndarray) -> bool:
+    """Whether the original's mouth opens and closes enough to be followed (lip-sync is None,
+    not a correlation of tracking noise, on a clip whose speaker keeps the mouth shut)."""
+    finite = gap[np.isfinite(gap)]
+    return len(finite) >= 3 and float(finite.std()) >= MIN_LIP_MOTION
+
+
 def _mean(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if len(finite) else None
@@ -215,7 +223,7 @@ def measure(
         "landmark": _mean(landmark_distance(ref_lm, dec_lm)),
         "landmark_missing": float(1.0 - both.mean()) if len(both) else 0.0,
         "flicker": flicker(reference, decoded),
-        "lip_sync": correlation(lip_gap(ref_lm), lip_gap(dec_lm)),
+        "lip_sync": correlation(lip_gap(ref_lm), lip_gap(dec_lm)) if _moves(lip_gap(ref_lm)) else None,
         "blink_sync": correlation(eye_opening(ref_lm), eye_opening(dec_lm)),
         "mouth_landmark": _mean(landmark_distance(ref_lm, dec_lm, LIPS)),
         "mouth_lpips": None,

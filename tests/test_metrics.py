@@ -84,6 +84,14 @@ def test_a_still_or_late_mouth_does_not_sync(talking):
     assert shifted["lip_sync"] < 0.9
 
 
+def test_no_lip_sync_when_the_speaker_keeps_the_mouth_shut(talking):
+    frames, marks = talking
+    shut = marks[:20].copy()
+    shut[:, 14] = shut[:, 13] + 0.3 * np.random.default_rng(0).normal(size=(20, 2))  # tracking noise only
+    m = measure(frames[:20], frames[:20], shut)
+    assert m["lip_sync"] is None and m["mouth_lpips"] is not None
+
+
 def test_correlation_edge_cases():
     t = np.linspace(0, 6, 50)
     assert correlation(np.sin(t), 2 * np.sin(t) + 1) == pytest.approx(1.0)
