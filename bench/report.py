@@ -39,10 +39,10 @@ METRICS: dict[str, tuple[str, bool]] = {
 }
 #: the BD-rate columns results.md shows (results.json has every metric)
 _BD_SHOWN = ("psnr", "lpips", "dists", "landmark", "lip_sync", "mouth_lpips", "mouth_landmark")
-#: the metrics the issue asked "x fewer bits" for beside LPIPS and landmarks (equal_quality); every
-#: ratio is further gated on beating the still frame
+#: the panels rd.png titles "where people look"
 METRICS_WHERE_PEOPLE_LOOK = ("lip_sync", "mouth_lpips", "mouth_landmark", "eye_lpips", "blink_sync")
-MOUTH_AWARE = ("dists", "mouth_lpips", "mouth_landmark", "lip_sync")
+#: the metrics the equal-quality table gives "x fewer bits" on (each ratio gated on beating the still frame)
+EQUAL_QUALITY_METRICS = ("lpips", "landmark", "dists", "mouth_lpips", "mouth_landmark", "lip_sync")
 _AVERAGED = ("kbps", "kbps_with_reference", "reference_bytes", *METRICS, "landmark_missing", "encode_fps",
              "decode_fps", "peak_mb")  # fmt: skip
 
@@ -125,7 +125,7 @@ def needed_kbps(points: list[tuple[float, float]], value: float, higher: bool = 
     return ">", pts[-1][0]
 
 
-def equal_quality(rows: list[dict], metrics: tuple[str, ...] = ("lpips", "landmark", *MOUTH_AWARE)) -> list[dict]:
+def equal_quality(rows: list[dict], metrics: tuple[str, ...] = EQUAL_QUALITY_METRICS) -> list[dict]:
     """For every talkcodec operating point and metric: the bitrate each conventional codec needs for
     the same (mean) figure, and how many times fewer bits talkcodec sends (goal: >= 10). A ratio is
     given only where the point beats the still frame on that metric (``beats_still``): matching

@@ -122,19 +122,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set weights=...)")
 
 
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def cmd_enroll(args: argparse.Namespace) -> None:
+    from .metrics import shown
     from .training.enroll import enroll
 
     before, after = enroll(args.codec, args.video, args.out, args.weights, args.steps, args.device, not args.quiet,
                            parse_settings(args.set))  # fmt: skip
     for name, figures in (("base weights", before), ("personal weights", after)):
         print(f"{name:>16}: L1 {figures['l1']:.4f}  PSNR {figures['psnr']:.2f} dB  SSIM {figures['ssim']:.3f}  "
-              f"LPIPS {figures['lpips']:.3f}  landmarks {_figure(figures['landmark'])}  "
-              f"mouth LPIPS {_figure(figures.get('mouth_lpips'))}  (last 20 % of the video)")  # fmt: skip
+              f"LPIPS {figures['lpips']:.3f}  landmarks {shown(figures['landmark'])}  "
+              f"mouth LPIPS {shown(figures.get('mouth_lpips'))}  (last 20 % of the video)")  # fmt: skip
     print(f"{args.out}: use it on both sides with --set weights={args.out}")
 
 

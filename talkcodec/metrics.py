@@ -195,6 +195,11 @@ def _moves(gap: np.ndarray) -> bool:
     return len(finite) >= 3 and float(finite.std()) >= MIN_LIP_MOTION
 
 
+def shown(value: float | None, digits: int = 3) -> str:
+    """A figure for a progress line: "-" where it could not be measured (None)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _mean(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if len(finite) else None
@@ -213,6 +218,7 @@ def measure(
     ref_lm = (landmarks(reference) if reference_landmarks is None else reference_landmarks)[::stride]
     dec_lm = landmarks(sub_dec)
     both = np.isfinite(ref_lm).all(axis=(1, 2)) & np.isfinite(dec_lm).all(axis=(1, 2))
+    ref_gap = lip_gap(ref_lm)
     psnrs = np.array([psnr(a, b) for a, b in zip(reference, decoded)])
     result: dict[str, float | None] = {
         "psnr": float(np.mean(np.minimum(psnrs, 100.0))),  # identical frames count as 100 dB
@@ -223,7 +229,7 @@ def measure(
         "landmark": _mean(landmark_distance(ref_lm, dec_lm)),
         "landmark_missing": float(1.0 - both.mean()) if len(both) else 0.0,
         "flicker": flicker(reference, decoded),
-        "lip_sync": correlation(lip_gap(ref_lm), lip_gap(dec_lm)) if _moves(lip_gap(ref_lm)) else None,
+        "lip_sync": correlation(ref_gap, lip_gap(dec_lm)) if _moves(ref_gap) else None,
         "blink_sync": correlation(eye_opening(ref_lm), eye_opening(dec_lm)),
         "mouth_landmark": _mean(landmark_distance(ref_lm, dec_lm, LIPS)),
         "mouth_lpips": None,

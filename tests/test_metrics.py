@@ -148,8 +148,9 @@ def test_known_values():
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "wrong network"])
 def test_damaged_metric_weights_are_a_weights_error(tmp_path, damage):
-    from talkcodec.errors import WeightsError
     from talkcodec.models.pretrained import DISTS, DISTS_WEIGHTS, LPIPS_WEIGHTS, VGG_WEIGHTS, load_into
+
+    from talkcodec.errors import WeightsError
 
     path = tmp_path / "dists.safetensors"
     if damage == "truncated":

@@ -28,6 +28,7 @@ from ..audio import MelSettings
 from ..device import resolve_device
 from ..errors import InputError, TalkcodecError, WeightsError
 from ..face import CROP_SIZE, HeadPoseEstimator
+from ..metrics import measure, shown
 from ..quant import VectorCoding
 from ..weights import (
     load_checkpoint,
@@ -220,8 +221,6 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, dict[str, float]]:
-        from ..metrics import measure
-
         self.model.eval()
         results: dict[str, dict[str, float]] = {}
         grids = []
@@ -323,7 +322,7 @@ class Trainer:
             self.save()
             if self.progress:
                 figures = "  ".join(f"{n}: L1 {v['l1']:.4f} PSNR {v['psnr']:.2f} SSIM {v['ssim']:.3f} LPIPS {v['lpips']:.3f} "
-                                    f"lmk {_fmt(v['landmark'])} mouth LPIPS {_fmt(v['mouth_lpips'])} lip-sync {_fmt(v['lip_sync'])}"
+                                    f"lmk {shown(v['landmark'])} mouth LPIPS {shown(v['mouth_lpips'])} lip-sync {shown(v['lip_sync'])}"
                                     for n, v in validation.items())  # fmt: skip
                 tqdm.write(f"epoch {epoch} (step {self.step}): {figures}")
             if stopped:
@@ -359,10 +358,6 @@ def export_weights(path: str | Path, codec: str, model: torch.nn.Module, coding:
     return save_weights(
         path, codec, model.config.to_dict(), tensors, info={"mel": dataclasses.asdict(mel), **(info or {})}
     )
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _uint8(images: torch.Tensor, size: int) -> np.ndarray:
