@@ -18,17 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import blend_head, blend_warped, conv_norm_act, make_grid
+from .config import bounded
 
 
 @dataclass
 class ReenactorConfig:
-    stem_channels: int = 64  # after the 7x7 stem; the first stride-2 conv doubles it
-    cell_channels: int = 152  # feature width at 1/4 resolution
-    cells: int = 9  # L in the paper
-    latent: int = 256  # size of f_geo
-    kernel: int = 3  # AdaConv kernel: 3 as in the paper's text, 1 = the authors' code (AdaIN-like)
-    adaconv_hidden: int = 128  # width of AdaConv's two-layer parameter predictors
-    mlp_ratio: int = 3  # channel-MLP expansion inside a cell
+    stem_channels: int = bounded(64, 1, 256)  # after the 7x7 stem; the first stride-2 conv doubles it
+    cell_channels: int = bounded(152, 1, 1024)  # feature width at 1/4 resolution
+    cells: int = bounded(9, 1, 32)  # L in the paper
+    latent: int = bounded(256, 1, 1024)  # size of f_geo
+    kernel: int = bounded(3, 1, 7)  # AdaConv kernel: 3 as in the paper's text, 1 = the authors' code (AdaIN-like)
+    adaconv_hidden: int = bounded(128, 1, 1024)  # width of AdaConv's two-layer parameter predictors
+    mlp_ratio: int = bounded(3, 1, 8)  # channel-MLP expansion inside a cell
     image_warp: bool = False  # psi_D also predicts a flow + blend weight and blends in the warped reference
 
 

@@ -11,12 +11,12 @@ from torch import nn
 
 from .adaconv_reenactor import AdaConvReenactor, ReenactorConfig
 from .apb_fuser import AudioAwareFuser, FuserConfig
-from .config import config_from_dict
+from .config import bounded, config_from_dict
 
 
 @dataclass
 class APBConfig:
-    size: int = 256  # square crop side the reenactor renders
+    size: int = bounded(256, 16, 1024)  # square crop side the reenactor renders
     fuser: FuserConfig = field(default_factory=FuserConfig)
     reenactor: ReenactorConfig = field(default_factory=ReenactorConfig)
 

@@ -19,20 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import normalise_mel
+from .config import bounded
 
 
 @dataclass
 class FuserConfig:
-    n_mels: int = 80  # mel bands of the input window
-    steps: int = 20  # mel frames per window the time convolutions are laid out for (10..80 all work)
-    audio_channels: tuple[int, ...] = (72, 108, 162, 243, 256)  # one stride-2 1x3 conv along mel per entry
-    time_convs: int = 5  # convolutions across time
-    hidden: int = 64  # width of the pose and blink MLPs
-    latent: int = 256  # size of f_A and of f_geo
-    num_landmarks: int = 478  # mediapipe face mesh
-    pose_scale: float = 30.0  # degrees -> O(1) network input
-    blink_mean: float = 0.28  # typical open-eye aspect ratio
-    blink_scale: float = 0.1
+    n_mels: int = bounded(80, 8, 256)  # mel bands of the input window
+    steps: int = bounded(20, 4, 200)  # mel frames per window the time convolutions are laid out for (10..80 all work)
+    # one stride-2 1x3 conv along mel per entry
+    audio_channels: tuple[int, ...] = bounded((72, 108, 162, 243, 256), 1, 1024, length=(1, 8))
+    time_convs: int = bounded(5, 1, 16)  # convolutions across time
+    hidden: int = bounded(64, 1, 1024)  # width of the pose and blink MLPs
+    latent: int = bounded(256, 1, 1024)  # size of f_A and of f_geo
+    num_landmarks: int = bounded(478, 1, 1024)  # mediapipe face mesh
+    pose_scale: float = bounded(30.0, 0.001, 1000.0)  # degrees -> O(1) network input
+    blink_mean: float = bounded(0.28, 0.0, 1.0)  # typical open-eye aspect ratio
+    blink_scale: float = bounded(0.1, 0.001, 10.0)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

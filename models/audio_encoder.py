@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .blocks import conv_norm_act, normalise_mel
+from .config import bounded
 
 #: Stride-2 blocks: 80 mels x 10..80 steps -> 10 x 2..10 (a 200 ms window at 100 steps/s is 20 steps -> 10 x 3).
 NUM_DOWN = 3
@@ -16,11 +17,11 @@ NUM_DOWN = 3
 
 @dataclass
 class AudioEncoderConfig:
-    n_mels: int = 80
-    steps: int = 20  # nominal window length in mel frames (200 ms at a 10 ms hop); 10..80 all work
-    channels: int = 32  # width of the first conv block, doubled at each stride-2 block
-    feature_channels: int = 64  # channels of the ENC_aud feature map
-    query_channels: int = 256  # size of the audio query vector used by the audio-visual attention
+    n_mels: int = bounded(80, 8, 256)
+    steps: int = bounded(20, 4, 200)  # nominal window length in mel frames (200 ms at a 10 ms hop); 10..80 all work
+    channels: int = bounded(32, 1, 256)  # width of the first conv block, doubled at each stride-2 block
+    feature_channels: int = bounded(64, 1, 1024)  # channels of the ENC_aud feature map
+    query_channels: int = bounded(256, 1, 1024)  # size of the audio query vector used by the audio-visual attention
 
 
 class AudioEncoder(nn.Module):

@@ -15,15 +15,15 @@ from torch import nn
 
 from .audio_encoder import AudioEncoder, AudioEncoderConfig
 from .avfr_generator import AVFRGenerator, GeneratorConfig, SourceFeatures
-from .config import config_from_dict
+from .config import bounded, config_from_dict
 from .dense_motion import DenseMotionConfig, DenseMotionNetwork
 from .keypoint_detector import KeypointDetector, KeypointDetectorConfig
 
 
 @dataclass
 class AVFRConfig:
-    size: int = 256  # frames are size x size
-    num_kp: int = 10  # K, shared by the keypoint detector and the dense motion network
+    size: int = bounded(256, 16, 1024)  # frames are size x size
+    num_kp: int = bounded(10, 1, 64)  # K, shared by the keypoint detector and the dense motion network
     keypoints: KeypointDetectorConfig = field(default_factory=KeypointDetectorConfig)
     dense_motion: DenseMotionConfig = field(default_factory=DenseMotionConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)

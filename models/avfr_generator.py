@@ -22,17 +22,18 @@ from .blocks import (
     resize,
     warp,
 )
+from .config import bounded
 
 
 @dataclass
 class GeneratorConfig:
-    block_expansion: int = 32  # channels at full resolution, doubled per downsampling
-    max_features: int = 256
-    num_down: int = 2  # motion / identity features live at 1 / 2**num_down of the image size
-    num_bottleneck: int = 3  # SPADE residual blocks at the bottleneck
-    audio_channels: int = 64  # channels of ENC_aud (AudioEncoderConfig.feature_channels)
-    query_channels: int = 256  # size of the audio query (AudioEncoderConfig.query_channels)
-    spade_hidden: int = 64  # hidden width of the SPADE modulation convs
+    block_expansion: int = bounded(32, 1, 256)  # channels at full resolution, doubled per downsampling
+    max_features: int = bounded(256, 1, 1024)
+    num_down: int = bounded(2, 1, 5)  # motion / identity features live at 1 / 2**num_down of the image size
+    num_bottleneck: int = bounded(3, 0, 16)  # SPADE residual blocks at the bottleneck
+    audio_channels: int = bounded(64, 1, 1024)  # channels of ENC_aud (AudioEncoderConfig.feature_channels)
+    query_channels: int = bounded(256, 1, 1024)  # size of the audio query (AudioEncoderConfig.query_channels)
+    spade_hidden: int = bounded(64, 1, 512)  # hidden width of the SPADE modulation convs
     image_blend: bool = False  # output = w * warped source + (1 - w) * decoded, w predicted per pixel
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Hourglass, make_grid, resize, warp
+from .config import bounded
 
 #: Added to the driving jacobians before inverting them, so that a singular one cannot raise.
 JACOBIAN_EPS = 1e-6
@@ -16,12 +17,12 @@ JACOBIAN_EPS = 1e-6
 
 @dataclass
 class DenseMotionConfig:
-    num_kp: int = 10
-    block_expansion: int = 64
-    num_blocks: int = 5
-    max_features: int = 256  # FOMM uses 1024; 256 keeps the whole AVFR model under 16M parameters
-    scale: float = 0.25  # the network runs at this fraction of the source image size
-    kp_variance: float = 0.01  # variance of the gaussians placed on the keypoints
+    num_kp: int = bounded(10, 1, 64)
+    block_expansion: int = bounded(64, 1, 256)
+    num_blocks: int = bounded(5, 1, 8)
+    max_features: int = bounded(256, 1, 1024)  # FOMM uses 1024; 256 keeps the whole AVFR model under 16M parameters
+    scale: float = bounded(0.25, 0.05, 1.0)  # the network runs at this fraction of the source image size
+    kp_variance: float = bounded(0.01, 0.0001, 1.0)  # variance of the gaussians placed on the keypoints
     occlusion: bool = True  # predict an occlusion map (else it is all ones)
 
 

@@ -9,17 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Hourglass, make_grid, resize
+from .config import bounded
 
 
 @dataclass
 class KeypointDetectorConfig:
-    num_kp: int = 10
-    in_channels: int = 5  # RGB + mesh raster + segmentation mask (AVFR's structural priors)
-    block_expansion: int = 32
-    num_blocks: int = 5
-    max_features: int = 256  # FOMM uses 1024; 256 keeps the whole AVFR model under 16M parameters
-    scale: float = 0.25  # the hourglass runs at this fraction of the input size
-    temperature: float = 0.1  # softmax temperature of the heatmaps
+    num_kp: int = bounded(10, 1, 64)
+    in_channels: int = bounded(5, 1, 8)  # RGB + mesh raster + segmentation mask (AVFR's structural priors)
+    block_expansion: int = bounded(32, 1, 256)
+    num_blocks: int = bounded(5, 1, 8)
+    max_features: int = bounded(256, 1, 1024)  # FOMM uses 1024; 256 keeps the whole AVFR model under 16M parameters
+    scale: float = bounded(0.25, 0.05, 1.0)  # the hourglass runs at this fraction of the input size
+    temperature: float = bounded(0.1, 0.001, 10.0)  # softmax temperature of the heatmaps
     jacobian: bool = True  # predict a 2x2 jacobian per keypoint (FOMM's first-order term)
 
 

@@ -58,7 +58,7 @@ class TkcHeader:
         except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError) as exc:
             raise ContainerError(f"malformed .tkc header ({exc})") from None
         if not (0 < fps <= 240 and 0 < header.width <= 4096 and 0 < header.height <= 4096):
-            raise ContainerError("implausible .tkc header values")
+            raise ContainerError(f"implausible .tkc header values (fps {float(fps):g}, {header.width}x{header.height})")
         return header
 
 
@@ -157,6 +157,8 @@ class TkcReader:
             return TkcHeader.from_dict(unpack(body))
         except PacketError as exc:
             raise ContainerError(f"{self.path}: malformed .tkc header ({exc})") from None
+        except ContainerError as exc:
+            raise ContainerError(f"{self.path}: {exc}") from None
         finally:
             self.data_start = self._file.tell()
 

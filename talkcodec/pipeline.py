@@ -160,7 +160,9 @@ def decode_file(
     settings: dict[str, Any] | None = None,
 ) -> StreamStats:
     """Decode a .tkc file to an mp4 (H.264 + AAC). A damaged file decodes up to the damage
-    (``stats.damage`` says where) and the mp4 is still closed properly. ``compose(frame_index,
+    (``stats.damage`` says where) and the mp4 is still closed properly. Frames the file does not
+    carry (gaps in the frame numbers) are held, at most ``MAX_GAP_S`` in one gap and, in all,
+    ``MAX_GAP_S`` more than the frames it carries: a small file cannot make a long video. ``compose(frame_index,
     image)`` may replace each output image (the demo puts the original beside the decoded face).
     ``settings`` go to the codec (e.g. ``weights`` for the learned codecs)."""
     start = time.perf_counter()
@@ -174,6 +176,7 @@ def decode_file(
         max_gap = int(MAX_GAP_S * float(header.fps))
         writer: Mp4Writer | None = None
         audio_written = 0
+        held = 0  # frames written for which the file carries nothing (bounded: a file cannot amplify itself)
         last: np.ndarray | None = None
 
         def written() -> int:
@@ -219,9 +222,14 @@ def decode_file(
                     if frame.seq - written() > max_gap:
                         stats.damage = f"frame numbers jump from {written()} to {frame.seq}"
                         break
+                    if (skipped := held + frame.seq - written()) > max_gap + stats.frames:
+                        stats.damage = (f"the file skips {skipped} frame numbers, more than the {stats.frames} frames "
+                                        f"it carries + {MAX_GAP_S:g} s: stopped at frame {written()}")  # fmt: skip
+                        break
                     while written() < frame.seq:
                         write(last if last is not None else frame.image)  # frames that never came: hold
                         stats.concealed_frames += 1
+                        held += 1
                     write(frame.image)
                     last = frame.image
                     stats.concealed_frames += frame.concealed
@@ -229,6 +237,7 @@ def decode_file(
                 if stats.damage:
                     break
             stats.damage = stats.damage or reader.damage
+            stats.frames = written()  # what the output holds (the packets may carry fewer)
         finally:
             bar.close()
             if writer is not None:

@@ -55,3 +55,31 @@ def moving_face(astronaut_frame):
         m[0, 2] += 4 * np.sin(i / 6)
         frames.append(cv2.warpAffine(base, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
     return np.stack(frames)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights():
+    """``tiny_weights(codec, path, seed=0)``: a weights file of a tiny random `avfr` or `apb`
+    network with coding statistics fitted on random tracks (for plumbing, not pictures)."""
+    import torch
+    from talkcodec.models.apb import APBConfig, APBModel
+    from talkcodec.models.avfr import AVFRConfig, AVFRModel
+
+    from talkcodec.audio import MelSettings
+    from talkcodec.codecs import apb, avfr
+    from talkcodec.quant import VectorCoding
+    from talkcodec.training.trainer import export_weights
+
+    def make(codec: str, path: Path, seed: int = 0) -> Path:
+        torch.manual_seed(seed)
+        if codec == "avfr":
+            model = AVFRModel(AVFRConfig.tiny())
+            step = avfr.coding_step(model.config.num_kp)
+        else:
+            model = APBModel(APBConfig.tiny())
+            step = apb.CODING_STEP
+        rng = np.random.default_rng(seed)
+        tracks = [np.cumsum(rng.normal(0, 0.01, (50, len(step))), axis=0) * step / step.min()]
+        return export_weights(path, codec, model, VectorCoding.fit(tracks, step), MelSettings())
+
+    return make

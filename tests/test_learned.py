@@ -1,8 +1,7 @@
-from fractions import Fraction
-
 """The learned codecs' plumbing with tiny random networks: weights files, coding, packets."""
 
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -11,11 +10,9 @@ from talkcodec.models.apb import APBConfig, APBModel
 from talkcodec.models.avfr import AVFRConfig, AVFRModel
 
 import talkcodec
-from talkcodec.audio import MelSettings
 from talkcodec.errors import PacketError, WeightsError
 from talkcodec.packet import Packet, PacketKind
 from talkcodec.quant import MAX_KEY_DISTANCE, VectorCoding, VectorStream
-from talkcodec.training.trainer import export_weights
 from talkcodec.video import read_frames
 from talkcodec.weights import load_checkpoint, load_matching, load_module, load_weights, save_checkpoint, save_weights
 
@@ -23,26 +20,11 @@ FRAMES = 30
 DRAWS_WITH_AUDIO = {"avfr": {}, "apb": {"refine": True}}  # apb reads the audio only with its networks on
 
 
-def _tiny_weights(codec: str, path, seed: int = 0):
-    from talkcodec.codecs import apb, avfr
-
-    torch.manual_seed(seed)
-    if codec == "avfr":
-        model = AVFRModel(AVFRConfig.tiny())
-        step = avfr.coding_step(model.config.num_kp)
-    else:
-        model = APBModel(APBConfig.tiny())
-        step = apb.CODING_STEP
-    rng = np.random.default_rng(seed)
-    tracks = [np.cumsum(rng.normal(0, 0.01, (50, len(step))), axis=0) * step / step.min()]
-    return export_weights(path, codec, model, VectorCoding.fit(tracks, step), MelSettings())
-
-
 @pytest.fixture(scope="module", params=["avfr", "apb"])
-def learned(request, tmp_path_factory, sample_video):
+def learned(tiny_weights, request, tmp_path_factory, sample_video):
     """(codec name, weights path, wire bytes per frame) of the sample through a tiny random model."""
     name = request.param
-    path = _tiny_weights(name, tmp_path_factory.mktemp(name) / "weights.safetensors")
+    path = tiny_weights(name, tmp_path_factory.mktemp(name) / "weights.safetensors")
     return name, path, _encode(name, path, sample_video, frames_per_packet=1)
 
 
@@ -70,7 +52,7 @@ def _frame_bytes(wires):
 
 @pytest.mark.parametrize("name", ["avfr", "apb"])
 def test_without_weights_the_codec_says_how_to_get_them(name, monkeypatch):
-    import talkcodec.codecs.learned as learned
+    from talkcodec.codecs import learned
 
     monkeypatch.setattr(learned, "shipped_weights", lambda codec: None)  # an installation without them
     with pytest.raises(WeightsError, match=f"talkcodec train --codec {name}"):
@@ -120,10 +102,10 @@ def test_later_frames_of_a_packet_are_drawn_when_due_with_the_audio_heard_by_the
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(later, silent[1:3]))
 
 
-def test_apb_without_refine_draws_the_posed_reference_without_audio_or_networks(tmp_path, sample_video):
+def test_apb_without_refine_draws_the_posed_reference_without_audio_or_networks(tiny_weights, tmp_path, sample_video):
     from talkcodec.packet import decode_image, unpack
 
-    path = _tiny_weights("apb", tmp_path / "w.safetensors")
+    path = tiny_weights("apb", tmp_path / "w.safetensors")
     wires = _encode("apb", path, sample_video)
     codec = talkcodec.get_codec("apb", weights=str(path))
     decoder = codec.decoder()
@@ -138,9 +120,9 @@ def test_apb_without_refine_draws_the_posed_reference_without_audio_or_networks(
     assert np.abs(frames[0].image.astype(int) - image).mean() < 1.0
 
 
-def test_stream_from_other_weights_is_refused(learned, tmp_path):
+def test_stream_from_other_weights_is_refused(tiny_weights, learned, tmp_path):
     name, _, wires = learned
-    other = _tiny_weights(name, tmp_path / "other.safetensors", seed=1)
+    other = tiny_weights(name, tmp_path / "other.safetensors", seed=1)
     decoder = talkcodec.get_codec(name, weights=str(other)).decoder()
     with pytest.raises(WeightsError, match="decode it with the sender's weights"):
         decoder.decode(Packet.from_bytes(wires[0][0]))
@@ -167,8 +149,8 @@ def test_lost_and_corrupted_packets_never_crash(learned):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "no_metadata", "huge_header", "wrong_codec", "bad_shape"])
-def test_broken_weights_are_a_clear_error(tmp_path, damage):
-    good = _tiny_weights("apb", tmp_path / "good.safetensors")
+def test_broken_weights_are_a_clear_error(tiny_weights, tmp_path, damage):
+    good = tiny_weights("apb", tmp_path / "good.safetensors")
     path = tmp_path / "bad.safetensors"
     data = good.read_bytes()
     if damage == "truncate":
@@ -182,7 +164,7 @@ def test_broken_weights_are_a_clear_error(tmp_path, damage):
     elif damage == "huge_header":
         path.write_bytes((1 << 40).to_bytes(8, "little") + data[8:])
     elif damage == "wrong_codec":
-        path = _tiny_weights("avfr", path)
+        path = tiny_weights("avfr", path)
     elif damage == "bad_shape":
         w = load_weights(good)
         tensors = dict(w.tensors)
@@ -195,8 +177,8 @@ def test_broken_weights_are_a_clear_error(tmp_path, damage):
         codec.network  # noqa: B018 (the network loads lazily)
 
 
-def test_weights_keep_coding_exact_and_networks_fp16(tmp_path):
-    path = _tiny_weights("avfr", tmp_path / "w.safetensors")
+def test_weights_keep_coding_exact_and_networks_fp16(tiny_weights, tmp_path):
+    path = tiny_weights("avfr", tmp_path / "w.safetensors")
     w = load_weights(path, "avfr")
     assert w.tensors["coding.step"].dtype == torch.float32
     assert all(t.dtype == torch.float16 for k, t in w.tensors.items() if k.startswith("model.") and t.is_floating_point())
@@ -220,7 +202,7 @@ def test_warm_start_copies_what_fits_and_leaves_new_layers_fresh():
 
 
 def test_checkpoint_shards_roundtrip(tmp_path, monkeypatch):
-    import talkcodec.weights as weights
+    from talkcodec import weights
 
     monkeypatch.setattr(weights, "SHARD_BYTES", 1000)
     tensors = {f"t{i}": torch.randn(100 + i) for i in range(5)}  # 400+ bytes each: several shards
@@ -277,12 +259,12 @@ def test_vector_coding_roundtrip_and_validation():
             VectorCoding.from_arrays(broken)
 
 
-def test_the_bench_runs_a_learned_codec_with_the_clip_audio(tmp_path, sample_video):
+def test_the_bench_runs_a_learned_codec_with_the_clip_audio(tiny_weights, tmp_path, sample_video):
     from talkcodec.bench.clips import crop_clip
     from talkcodec.bench.codecs import run_talkcodec
 
     frames = crop_clip(sample_video, 1.0)
-    path = _tiny_weights("apb", tmp_path / "w.safetensors")
+    path = tiny_weights("apb", tmp_path / "w.safetensors")
     coded = run_talkcodec("apb", {"weights": str(path)}, frames, 25.0, np.zeros(16000, np.float32))
     assert coded.decoded.shape == frames.shape and coded.frame_bytes > 0 and coded.reference_bytes > 1000
 
@@ -316,10 +298,10 @@ def test_shipped_weights_load_by_default_and_draw_the_sample(name, sample_video)
 
 
 @pytest.mark.parametrize("damage", ["short", "nan", "far", "position"])
-def test_hostile_apb_references_are_a_packet_error(damage, tmp_path, sample_video):
+def test_hostile_apb_references_are_a_packet_error(tiny_weights, damage, tmp_path, sample_video):
     from talkcodec.packet import pack, unpack
 
-    path = _tiny_weights("apb", tmp_path / "w.safetensors")
+    path = tiny_weights("apb", tmp_path / "w.safetensors")
     codec = talkcodec.get_codec("apb", weights=str(path))
     encoder = codec.encoder(fps=25)
     reference = next(p for f in read_frames(sample_video, fps=25, max_seconds=0.2) for p in encoder.encode(f))

@@ -5,7 +5,6 @@ signaling over TCP or copy-and-paste (aiortc's own), or both peers in one proces
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from talkcodec.errors import TalkcodecError
 
+from . import control
 from .media import set_opus_bitrate
 from .peer import FaceReceiver, FaceSender, LossyChannel, frames_channel_options
 from .stats import CallStats
@@ -131,7 +131,7 @@ class Peer:
         """Once a second: "alive", with the audio bytes this side has sent (aiortc's inbound
         stats count no bytes, so the receiver learns the audio bitrate on the wire from here)."""
         while True:
-            self._send_control(json.dumps({"type": "alive", "audio_bytes": self.stats.total.audio_bytes_sent}))
+            self._send_control(control.encode(control.Alive(self.stats.total.audio_bytes_sent)))
             await asyncio.sleep(KEEPALIVE_S)
 
     async def _tick(self) -> None:
@@ -146,7 +146,7 @@ class Peer:
         """Run the call once connected; returns why it ended."""
         try:
             await asyncio.wait_for(self._open.wait(), connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TalkcodecError(f"no connection within {connect_timeout:g} s (is the other side running?)") from None
         self._tasks += [asyncio.ensure_future(self._keepalive()), asyncio.ensure_future(self._tick())]
         if self.sender is not None:

@@ -2,8 +2,9 @@
 
 Channels (both directions share them): ``frames`` is unordered with no retransmission (a late
 frame is a useless frame), ``control`` is reliable and ordered and carries reference images
-(binary talkcodec packets) and transport messages (JSON text: start, key/reference requests,
-bye). Audio is an ordinary Opus track.
+(binary talkcodec packets) and control messages (``control.py``: typed, checked JSON text).
+Audio is an ordinary Opus track. Everything from the other side is untrusted: malformed
+messages and packets, and more than the receiver holds, are refused and counted.
 
 Sender: capture + encode run in a worker thread paced on the frame clock, feeding a bounded
 asyncio queue; the event loop sends, dropping frame packets while the channel's buffer is
@@ -19,7 +20,7 @@ optionally an mp4 recording with the audio.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import math
 import threading
 import time
@@ -33,16 +34,22 @@ import numpy as np
 
 from talkcodec.audio import OPUS_RATE
 from talkcodec.errors import PacketError, TalkcodecError
-from talkcodec.packet import MAX_FRAMES_PER_PACKET, Packet, PacketKind
+from talkcodec.packet import Packet, PacketKind
 from talkcodec.registry import get_codec, import_codecs
 from talkcodec.video import Mp4Writer, read_frames
 
+from . import control
+from .control import Message
 from .jitter import JitterBuffer
 from .media import FileAudioTrack, MonoResampler, RegeneratedTrack
 from .stats import CallStats
 
 CHANNEL_BUFFER_LIMIT = 16 * 1024  # bytes waiting in the frames channel before packets are dropped
 KEY_REQUEST_INTERVAL = 0.25  # seconds between two key requests
+REFERENCE_REQUEST_INTERVAL = 1.0  # the sender honours at most one reference request a second
+MAX_PENDING_REFERENCES = 2  # reference packets waiting to be decoded; more are refused (a flood)
+
+log = logging.getLogger(__name__)
 
 
 def frames_channel_options() -> dict[str, Any]:
@@ -102,15 +109,22 @@ class FaceSender:
             self._encoder.close()
             raise
         self._started = False
+        self._last_reference_request = -math.inf
         self.last_seq = -1  # seq of the last frame packet made (sent or dropped)
 
-    def on_control(self, message: dict) -> None:
-        if self._encoder is None:
-            return
-        if message.get("type") == "key":
+    def on_control(self, message: control.Message) -> None:
+        """A request from the receiver (already parsed and checked by ``control.parse``). Reference
+        requests are honoured at most once per ``REFERENCE_REQUEST_INTERVAL``: a reference costs
+        kilobytes, and the other side must not be able to make this side send them without end."""
+        if isinstance(message, control.KeyRequest):
             self._encoder.request_key()
-        elif message.get("type") == "reference":
-            self._encoder.request_reference()
+        elif isinstance(message, control.ReferenceRequest):
+            now = time.monotonic()
+            if now - self._last_reference_request >= REFERENCE_REQUEST_INTERVAL:
+                self._last_reference_request = now
+                self._encoder.request_reference()
+            else:
+                self.stats.total.control_refused += 1
 
     def _capture(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, start: float, frames: Iterator) -> None:
         """Worker thread: read, pace, encode; hands packets to the event loop."""
@@ -140,15 +154,14 @@ class FaceSender:
             loop.call_soon_threadsafe(offer, None)  # the bye leaves now: closing mediapipe can take a while
             encoder.close()
 
-    async def run(self, frames: Any, control: Any) -> None:
+    async def run(self, frames: Any, channel: Any) -> None:
         """Send until the input ends or ``stop()``; then a ``bye``."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(maxsize=int(2 * self.fps))
 
         start = time.time() + 0.05
         self._started = True
-        control.send(json.dumps({"type": "start", "t0": start, "fps": self.fps,
-                                 "frames_per_packet": self.frames_per_packet}))  # fmt: skip
+        channel.send(control.encode(control.Start(start, self.fps, self.frames_per_packet)))
         if self.audio is not None:
             self.audio.start(start)
         worker = threading.Thread(
@@ -162,7 +175,7 @@ class FaceSender:
                     if packet.kind == PacketKind.FRAME:
                         self.last_seq = packet.last_seq
                     if packet.kind != PacketKind.FRAME:
-                        control.send(wire)
+                        channel.send(wire)
                         self.stats.total.reference_bytes += len(wire)
                     elif frames.bufferedAmount > CHANNEL_BUFFER_LIMIT:
                         self.stats.total.frame_packets_dropped += 1
@@ -170,7 +183,7 @@ class FaceSender:
                         frames.send(wire)
                         self.stats.total.frame_packets_sent += 1
                         self.stats.total.frame_bytes_sent += len(wire)
-            control.send(json.dumps({"type": "bye", "last_seq": self.last_seq}))
+            channel.send(control.encode(control.Bye(self.last_seq)))
         finally:
             self._stop.set()
 
@@ -205,6 +218,7 @@ class FaceReceiver:
         self._last_arrival = time.time()
         self._first_arrival: tuple[int, float] | None = None  # (last seq, local time) of the first frame packet
         self._first_seq = 0  # the first frame packet's first seq: where playout starts
+        self._references_pending = 0  # reference packets waiting for the decode thread
         self._wait_s = 0.0  # the longest a frame must wait for its data: audio look-ahead, held-back frames
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
         self._audio_fed: int | None = None  # samples given to an audio-driven decoder
@@ -217,35 +231,32 @@ class FaceReceiver:
         self.failure = why
 
     # -- input from the channels -------------------------------------------------------------
-    def on_message(self, data: bytes | str) -> dict | None:
-        """Handle one message from either channel; returns a control message meant for the sender."""
+    def on_message(self, data: bytes | str) -> Message | None:
+        """Handle one message from either channel; returns a control message meant for the sender.
+        Anything malformed is refused and counted (``control_refused``, ``packets_refused``)."""
         self._last_arrival = time.time()
         if isinstance(data, str):
             try:
-                message = json.loads(data)
-            except json.JSONDecodeError:
+                message = control.parse(data)
+            except control.ControlError as exc:
+                self.stats.total.control_refused += 1
+                log.debug("refused a control message: %s", exc)
                 return None
-            if not isinstance(message, dict):
-                return None
-            if message.get("type") == "start" and self._t0 is None:
-                t0, fps = message.get("t0"), message.get("fps")
-                if not all(isinstance(v, int | float) and math.isfinite(v) for v in (t0, fps)) or not 1 <= fps <= 120:
-                    return None
-                self._t0, self._fps = float(t0), float(fps)
+            if isinstance(message, control.Start) and self._t0 is None:
+                self._t0, self._fps = message.t0, message.fps
                 self.track.fps = self._fps
-                frames = message.get("frames_per_packet", 1)
-                if isinstance(frames, int) and 1 <= frames <= MAX_FRAMES_PER_PACKET:  # the sender holds n - 1 back
-                    self._wait_s = max(self._wait_s, (frames - 1) / self._fps)
-            elif message.get("type") == "bye":
+                # the sender holds n - 1 frames back for a packet of n
+                self._wait_s = max(self._wait_s, (message.frames_per_packet - 1) / self._fps)
+            elif isinstance(message, control.Bye):
                 self._bye = True
-                if isinstance(message.get("last_seq"), int):
-                    self._last_seq = message["last_seq"]
-            elif message.get("type") == "alive" and isinstance(message.get("audio_bytes"), int):
-                self.stats.total.audio_bytes_received = message["audio_bytes"]  # as sent by the other side
+                self._last_seq = message.last_seq
+            elif isinstance(message, control.Alive):
+                self.stats.total.audio_bytes_received = message.audio_bytes  # as sent by the other side
             return message
         try:
             packet = Packet.from_bytes(data)
         except PacketError:
+            self.stats.total.packets_refused += 1
             return None  # a damaged packet is a lost packet
         if self._decoder is None:
             try:
@@ -267,10 +278,20 @@ class FaceReceiver:
             # when frame 0 would have arrived; the sender's t0 is only used for latency figures.
             if self._t0 is not None:  # the frame rate is known
                 self._local_t0 = min(self._local_t0, arrived - packet.last_seq / self._fps)
-            self.jitter.push(packet)
+            if not self.jitter.push(packet):
+                self.stats.total.packets_refused += 1
+        elif self._references_pending >= MAX_PENDING_REFERENCES:  # a flood: the decoder cannot keep up
+            self.stats.total.packets_refused += 1
         else:
-            self._pool.submit(self._decode, packet, False)  # references in order, on the decode thread
+            self._references_pending += 1
+            self._pool.submit(self._decode_reference, packet)  # references in order, on the decode thread
         return None
+
+    def _decode_reference(self, packet: Packet) -> None:
+        try:
+            self._decode(packet, conceal=False)
+        finally:
+            self._references_pending -= 1
 
     def _decode(self, packet: Packet | None, conceal: bool = True) -> list:
         """Decode on the worker thread; a frame packet the decoder rejects counts as lost, a
@@ -363,8 +384,8 @@ class FaceReceiver:
                     if packet is None and frames and frames[0].concealed:
                         self.stats.total.frames_concealed += 1
                     if self._decoder.needs_key and now - last_request > KEY_REQUEST_INTERVAL:
-                        wanted = "reference" if self._decoder.needs_reference else "key"
-                        send_control(json.dumps({"type": wanted}))
+                        request = control.ReferenceRequest() if self._decoder.needs_reference else control.KeyRequest()
+                        send_control(control.encode(request))
                         self.stats.total.key_requests += 1
                         last_request = now
                     for frame in frames:

@@ -22,6 +22,8 @@ class Counters:
     frames_shown: int = 0
     frames_concealed: int = 0
     key_requests: int = 0
+    control_refused: int = 0  # control messages from the other side that were malformed or too many
+    packets_refused: int = 0  # damaged packets, or more than the receiver holds (a flood)
     audio_bytes_sent: int = 0
     audio_bytes_received: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # capture -> display, per shown frame
@@ -83,6 +85,8 @@ class CallStats:
             "frame_packets_received": t.frame_packets_received,
             "frame_packets_dropped_at_sender": t.frame_packets_dropped,
             "key_requests": t.key_requests,
+            "control_refused": t.control_refused,
+            "packets_refused": t.packets_refused,
             "reference_bytes": t.reference_bytes,
             "latency_ms_median": round(float(np.median(lat)), 1) if lat is not None else None,
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat is not None else None,

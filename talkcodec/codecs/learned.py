@@ -146,7 +146,7 @@ class LearnedCodec(Codec):
                 if count > MAX_PARAMETERS:
                     raise ValueError(f"{count} parameters is more than talkcodec allows ({MAX_PARAMETERS})")
                 network = self.make_network(self.weights.config)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: sizes torch cannot lay out
                 raise WeightsError(f"{source}: invalid network config ({exc})") from None
             load_module(network, self.weights.tensors, source, prefix="model.")
             if self.audio_shape(network) != (self.mel.n_mels, self.mel.steps):
