@@ -167,18 +167,18 @@ class HeadPoseEstimator:
 
 
 def square_box(points: np.ndarray, settings: CropSettings, frame_size: tuple[int, int]) -> tuple[float, float, float]:
-    """Head-and-shoulders square (centre x, centre y, side) around landmark points (N, 2),
-    moved to lie inside the frame (width, height) where it fits, so edges are not smeared."""
+    """Head-and-shoulders square (centre x, centre y, side) around landmark points (N, 2), always
+    inside the frame (width, height), as a camera app frames it: moved in, and on a close-up (the
+    face fills the picture) shrunk to the frame's shorter side. Nothing past the picture's edge
+    is ever shown (it would be smeared edge pixels)."""
     lo, hi = points.min(axis=0), points.max(axis=0)
     width, height = hi - lo
-    side = settings.widen * max(width, height)
+    w, h = frame_size
+    side = min(settings.widen * max(width, height), w, h)
     cx, cy = (lo + hi) / 2.0
     cy += settings.shift_down * height
-    w, h = frame_size
-    if side <= w:
-        cx = min(max(cx, side / 2), w - side / 2)
-    if side <= h:
-        cy = min(max(cy, side / 2), h - side / 2)
+    cx = min(max(cx, side / 2), w - side / 2)
+    cy = min(max(cy, side / 2), h - side / 2)
     return float(cx), float(cy), float(side)
 
 

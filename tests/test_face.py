@@ -85,6 +85,33 @@ def test_small_face_in_a_wide_frame(astronaut_frame):
     assert not obs.face_lost and 800 < cx < 1120 and 250 < cy < 620 and 150 < side < 400
 
 
+@pytest.mark.parametrize(
+    ("lo", "hi", "frame"),
+    [((100, 60), (420, 470), (512, 512)),  # a laptop-webcam close-up: the face fills the picture
+     ((0, 0), (300, 300), (320, 240)),  # a face larger than a landscape frame's height
+     ((560, 20), (630, 110), (640, 480)),  # a small face at the corner
+     ((200, 150), (300, 260), (640, 480))],  # an ordinary framing: the crop is 1.9 faces wide
+)  # fmt: skip
+def test_the_crop_always_lies_inside_the_picture(lo, hi, frame):
+    from talkcodec.face import CropSettings, square_box
+
+    cx, cy, side = square_box(np.array([lo, hi], np.float64), CropSettings(), frame)
+    w, h = frame
+    assert 0 <= cx - side / 2 and cx + side / 2 <= w and 0 <= cy - side / 2 and cy + side / 2 <= h
+    assert side == min(1.9 * max(hi[0] - lo[0], hi[1] - lo[1]), w, h)
+
+
+def test_a_close_up_is_cropped_inside_the_frame_and_tracked(astronaut_frame):
+    close_up = cv2.resize(astronaut_frame[40:240, 60:260], (512, 512), interpolation=cv2.INTER_CUBIC)
+    with FaceTracker(segmentation=False) as tracker:
+        seen = [tracker.process(close_up) for _ in range(3)]
+    for obs in seen:
+        cx, cy, side = obs.crop_box
+        assert not obs.face_lost and side <= 512
+        assert 0 <= cx - side / 2 and cx + side / 2 <= 512 and 0 <= cy - side / 2 and cy + side / 2 <= 512
+    assert not any(o.crop_changed for o in seen[1:])  # a capped crop is not mistaken for a drift
+
+
 def test_bad_frames_are_refused(tracker):
     with pytest.raises(ValueError, match="uint8 RGB"):
         tracker.process(np.zeros((10, 10), np.uint8))
