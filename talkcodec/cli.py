@@ -1,7 +1,8 @@
 """The ``talkcodec`` command: encode | decode | info | demo | call | bench | train | enroll | fit-mesh.
 
 Every subcommand is ``main(argv)``-callable (tests use that); user mistakes end in one line on
-stderr and exit status 2, never a traceback.
+stderr and exit status 2, never a traceback. Exit status 3: ``decode`` read a damaged or cut-short
+file (the output holds everything that could be recovered).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from .errors import TalkcodecError
 from .registry import list_codecs
+
+DAMAGED_INPUT = 3  # exit status of a decode whose input was damaged (the output is still written)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
@@ -48,16 +51,21 @@ def cmd_encode(args: argparse.Namespace) -> None:
           f"{s['faceless_frames']} frames without a face, encoder {s['codec_fps']} fps")  # fmt: skip
 
 
-def cmd_decode(args: argparse.Namespace) -> None:
+def cmd_decode(args: argparse.Namespace) -> int:
     from .pipeline import decode_file
 
     output = args.output or Path(args.input).with_suffix(".mp4")
     stats = decode_file(args.input, output, progress=not args.quiet, settings=parse_settings(args.set))
     s = stats.summary()
-    if stats.damage:
-        print(f"talkcodec: warning: {args.input} is damaged ({stats.damage}); decoded up to there", file=sys.stderr)
     print(f"{output}: {s['frames']} frames, {s['duration_s']} s, {s['concealed_frames']} concealed, "
           f"decoder {s['codec_fps']} fps")  # fmt: skip
+    if not stats.damage:
+        return 0
+    skipped = f"{stats.damaged_records} damaged part(s) skipped" if stats.damaged_records else "cut short"
+    ending = f"; stopped early: {stats.stopped}" if stats.stopped else ""
+    print(f"talkcodec: warning: {args.input} is damaged (first: {stats.damage}); {skipped}, "
+          f"{stats.concealed_frames} frames concealed{ending}", file=sys.stderr)  # fmt: skip
+    return DAMAGED_INPUT
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -234,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode a .tkc stream into an mp4 (H.264 + AAC)")
-    p.add_argument("input")
+    p = sub.add_parser("decode", help="decode a .tkc stream into an mp4 (H.264 + AAC)",
+                       epilog="exit status: 0 clean, 2 error, 3 the input was damaged or cut short (what could be "
+                              "recovered is written; damaged parts are skipped and their frames concealed)")  # fmt: skip
+    p.add_argument("input", help="a .tkc file (talkcodec encode)")
     p.add_argument("-o", "--output", help="output .mp4 (default: input name with .mp4)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="decoder setting, e.g. weights=PATH")
     common(p)
@@ -325,14 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except TalkcodecError as exc:
         print(f"talkcodec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("talkcodec: interrupted (a partly written .tkc stays readable up to where it stopped)", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
     type 4 END      body = u64 offset of the INDEX record (lets a reader find the index fast)
 
 Records are written and flushed as they are made, so a file cut short (a crash, a full disk,
-a dropped download) still reads up to its last whole record; a damaged record (bad CRC)
-stops reading there. Sizes are bounded before anything is allocated.
+a dropped download) still reads up to its last whole record; past a damaged record (bad CRC,
+impossible type or length) reading resumes at the next intact record, found by scanning for a
+record whose checksum holds. Sizes and the scan's work are bounded before anything is allocated.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from .errors import ContainerError, PacketError
 from .packet import MAX_PACKET_BYTES, Packet, PacketKind, pack, unpack
 from .quant import read_varint, write_varint
@@ -31,6 +34,8 @@ VERSION = 1
 PACKET, AUDIO, INDEX, END = 1, 2, 3, 4
 _MAX_BODY = {PACKET: MAX_PACKET_BYTES, AUDIO: 1 << 16, INDEX: 1 << 24, END: 8}
 _MAX_HEADER = 1 << 16
+RESYNC_SCAN_BYTES = 1 << 20  # how far past a damaged record the next intact one is looked for
+RESYNC_BUDGET_BYTES = 64 << 20  # checksum work one read may spend resynchronising (hostile files stay fast)
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,10 @@ class TkcReader:
         except BaseException:
             self._file.close()
             raise
-        self.damage: str | None = None  # set when reading stopped at a damaged or cut record
+        self.damage: str | None = None  # the first damaged or cut record of the last read, if any
+        self.damaged_records = 0  # damaged stretches skipped (or, the last one, where reading stopped)
+        self.skipped_bytes = 0  # bytes passed over to reach the next intact record
+        self._resync_checked = 0  # bytes checksummed while looking for the next intact record
 
     def _read_header(self) -> TkcHeader:
         head = self._file.read(len(MAGIC) + 1)
@@ -162,55 +170,90 @@ class TkcReader:
         finally:
             self.data_start = self._file.tell()
 
+    def _record_at(self, offset: int, resyncing: bool = False) -> tuple[int, bytes, int] | str | None:
+        """(type, body, end offset) of the intact record at ``offset``, None at the end of the
+        file, or why there is no intact record there."""
+        self._file.seek(offset)
+        prefix = self._file.read(6)
+        if not prefix:
+            return None  # clean end of file (a file whose writer never closed has no index: fine)
+        try:
+            kind = prefix[0]
+            length, used = read_varint(prefix, 1)
+        except PacketError:
+            return "cut short" if len(prefix) < 6 else "damaged record"
+        if kind not in _MAX_BODY or length > _MAX_BODY[kind]:
+            return "damaged record"
+        self._file.seek(offset + used)
+        body = self._file.read(length)
+        crc = self._file.read(4)
+        if len(body) < length or len(crc) < 4:
+            return "cut short"
+        if resyncing:
+            self._resync_checked += length
+        if struct.unpack("<I", crc)[0] != zlib.crc32(prefix[:used] + body):
+            return "damaged record (checksum mismatch)"
+        return kind, body, offset + used + length + 4
+
+    def _resync(self, offset: int) -> int | None:
+        """Where the next intact record starts within ``RESYNC_SCAN_BYTES`` after ``offset``, or
+        None. Bounded work: at most ``RESYNC_BUDGET_BYTES`` of checksums in one read."""
+        self._file.seek(offset)
+        window = np.frombuffer(self._file.read(RESYNC_SCAN_BYTES), np.uint8)
+        for candidate in np.flatnonzero((window >= PACKET) & (window <= END)):  # record types 1..4
+            if self._resync_checked > RESYNC_BUDGET_BYTES:
+                self.damage = f"{self.damage}; too damaged to read on"
+                return None
+            if isinstance(self._record_at(offset + int(candidate), resyncing=True), tuple):
+                return offset + int(candidate)
+        return None
+
+    def _damaged(self, offset: int, why: str) -> None:
+        self.damaged_records += 1
+        if self.damage is None:
+            self.damage = f"{why} at byte {offset}"
+
     def _records(self, start: int) -> Iterator[tuple[int, int, bytes]]:
-        """(offset, type, body) of each intact record from ``start``; stops at damage or END."""
-        self._file.seek(start)
-        while True:
-            offset = self._file.tell()
-            prefix = self._file.read(6)
-            if not prefix:
-                return  # clean end of file (a file whose writer never closed has no index: fine)
-            try:
-                kind = prefix[0]
-                length, used = read_varint(prefix, 1)
-            except PacketError:
-                self.damage = f"cut short at byte {offset}"
+        """(offset, type, body) of each intact record from ``start`` up to END or the end of
+        the file; past a damaged record, reading resumes at the next intact one."""
+        offset: int | None = start
+        while offset is not None:
+            found = self._record_at(offset)
+            if found is None:
                 return
-            if kind not in _MAX_BODY or length > _MAX_BODY[kind]:
-                self.damage = f"damaged record at byte {offset}"
-                return
-            self._file.seek(offset + used)
-            body = self._file.read(length)
-            crc = self._file.read(4)
-            if len(body) < length or len(crc) < 4:
-                self.damage = f"cut short at byte {offset}"
-                return
-            if struct.unpack("<I", crc)[0] != zlib.crc32(prefix[:used] + body):
-                self.damage = f"damaged record at byte {offset} (checksum mismatch)"
-                return
+            if isinstance(found, str):
+                self._damaged(offset, found)
+                resumed = self._resync(offset + 1)
+                if resumed is not None:
+                    self.skipped_bytes += resumed - offset
+                offset = resumed
+                continue
+            kind, body, end = found
             if kind == END:
                 return
             yield offset, kind, body
+            offset = end
 
     def __iter__(self) -> Iterator[Packet | AudioChunk]:
         """Every packet and audio chunk in file order, up to the end or the first damage."""
         return self.read(self.data_start)
 
     def read(self, start: int) -> Iterator[Packet | AudioChunk]:
-        self.damage = None
+        """Every intact packet and audio chunk from ``start``: damaged records (and intact records
+        whose packet does not parse) are skipped and counted, reading resumes after them."""
+        self.damage, self.damaged_records, self.skipped_bytes, self._resync_checked = None, 0, 0, 0
         for offset, kind, body in self._records(start):
             if kind == PACKET:
                 try:
                     yield Packet.from_bytes(body)
                 except PacketError as exc:
-                    self.damage = f"unreadable packet at byte {offset} ({exc})"
-                    return
+                    self._damaged(offset, f"unreadable packet ({exc})")
             elif kind == AUDIO:
                 try:
                     pts, used = read_varint(body, 0, max_bytes=9)
                 except PacketError:
-                    self.damage = f"unreadable audio record at byte {offset}"
-                    return
+                    self._damaged(offset, "unreadable audio record")
+                    continue
                 yield AudioChunk(pts, body[used:])
 
     def index(self) -> list[tuple[int, int, bool]]:

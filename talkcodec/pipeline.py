@@ -43,9 +43,11 @@ class StreamStats:
     audio_bytes: int = 0
     faceless_frames: int = 0
     concealed_frames: int = 0
+    damaged_records: int = 0  # damaged stretches of a file skipped (reading resumed after each)
     wall_seconds: float = 0.0  # the whole job, file I/O included
     codec_seconds: float = 0.0  # inside Encoder.encode / Decoder.decode only
-    damage: str | None = None
+    damage: str | None = None  # the first damage met, if any
+    stopped: str | None = None  # why decoding stopped before the end of the file, if it did
 
     @property
     def duration(self) -> float:
@@ -159,8 +161,10 @@ def decode_file(
     compose: Callable[[int, np.ndarray], np.ndarray] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> StreamStats:
-    """Decode a .tkc file to an mp4 (H.264 + AAC). A damaged file decodes up to the damage
-    (``stats.damage`` says where) and the mp4 is still closed properly. Frames the file does not
+    """Decode a .tkc file to an mp4 (H.264 + AAC). Past damage, decoding resumes at the next
+    intact record (the frames in between are held, and so is every frame until the next key);
+    ``stats.damage`` says where the first damage was and ``stats.damaged_records`` how many
+    stretches were skipped. A file cut short decodes up to its last whole record. Frames the file does not
     carry (gaps in the frame numbers) are held, at most ``MAX_GAP_S`` in one gap and, in all,
     ``MAX_GAP_S`` more than the frames it carries: a small file cannot make a long video. ``compose(frame_index,
     image)`` may replace each output image (the demo puts the original beside the decoded face).
@@ -176,6 +180,7 @@ def decode_file(
         max_gap = int(MAX_GAP_S * float(header.fps))
         writer: Mp4Writer | None = None
         audio_written = 0
+        damage: str | None = None  # the first packet the decoder refused
         held = 0  # frames written for which the file carries nothing (bounded: a file cannot amplify itself)
         last: np.ndarray | None = None
 
@@ -198,7 +203,7 @@ def decode_file(
                     if opus is None or writer is None or item.pts < audio_written:
                         continue
                     if item.pts - audio_written > MAX_GAP_S * OPUS_RATE:
-                        stats.damage = f"audio jumps {item.pts - audio_written} samples ahead"
+                        stats.stopped = f"audio jumps {item.pts - audio_written} samples ahead"
                         break
                     pcm = opus.decode(item.data)
                     if item.pts > audio_written:  # a gap: silence keeps the rest in sync
@@ -214,16 +219,17 @@ def decode_file(
                     stats.count(item)
                     try:
                         frames = decoder.decode(item)
-                    except PacketError as exc:
-                        stats.damage = f"undecodable packet (seq {item.seq}): {exc}"
-                        frames = decoder.flush()  # frames before the damage still waiting in a packet
+                    except PacketError as exc:  # a lost packet: its frames are held, the stream goes on
+                        damage = damage or f"undecodable packet (seq {item.seq}): {exc}"
+                        stats.damaged_records += 1
+                        frames = []
                 stats.codec_seconds += time.perf_counter() - tick
                 for frame in frames:
                     if frame.seq - written() > max_gap:
-                        stats.damage = f"frame numbers jump from {written()} to {frame.seq}"
+                        stats.stopped = f"frame numbers jump from {written()} to {frame.seq}"
                         break
                     if (skipped := held + frame.seq - written()) > max_gap + stats.frames:
-                        stats.damage = (f"the file skips {skipped} frame numbers, more than the {stats.frames} frames "
+                        stats.stopped = (f"the file skips {skipped} frame numbers, more than the {stats.frames} frames "
                                         f"it carries + {MAX_GAP_S:g} s: stopped at frame {written()}")  # fmt: skip
                         break
                     while written() < frame.seq:
@@ -234,9 +240,10 @@ def decode_file(
                     last = frame.image
                     stats.concealed_frames += frame.concealed
                     bar.update(1)
-                if stats.damage:
+                if stats.stopped:
                     break
-            stats.damage = stats.damage or reader.damage
+            stats.damage = reader.damage or damage or stats.stopped
+            stats.damaged_records += reader.damaged_records
             stats.frames = written()  # what the output holds (the packets may carry fewer)
         finally:
             bar.close()
@@ -275,9 +282,9 @@ def file_info(source: str | Path) -> dict[str, Any]:
                 stats.audio_bytes += len(item.data)
             else:
                 stats.count(item)
-        stats.damage = reader.damage
+        stats.damage, stats.damaged_records = reader.damage, reader.damaged_records
     summary = stats.summary()
-    for key in ("concealed_frames", "wall_seconds", "codec_seconds", "processing_fps", "codec_fps"):
+    for key in ("concealed_frames", "stopped", "wall_seconds", "codec_seconds", "processing_fps", "codec_fps"):
         summary.pop(key)
     summary.update(
         file=str(source), file_bytes=Path(source).stat().st_size, size=[header.width, header.height],

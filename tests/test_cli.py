@@ -1,9 +1,13 @@
 import json
 
 import av
+import numpy as np
 import pytest
 
-from talkcodec.cli import main
+from talkcodec.cli import DAMAGED_INPUT, main
+from talkcodec.container import TkcReader
+from talkcodec.packet import Packet
+from talkcodec.pipeline import decode_file
 
 
 def _streams(path):
@@ -63,10 +67,44 @@ def test_truncated_stream_decodes_up_to_the_damage(encoded, tmp_path, capsys):
     data = encoded.read_bytes()
     cut.write_bytes(data[: len(data) - 3000])  # the reference is whole, about half the frames
     mp4 = tmp_path / "cut.mp4"
-    assert main(["decode", str(cut), "-o", str(mp4), "-q"]) == 0
+    assert main(["decode", str(cut), "-o", str(mp4), "-q"]) == DAMAGED_INPUT
     assert "damaged" in capsys.readouterr().err
     frames, _, _ = _streams(mp4)
     assert 10 < frames < 50
+
+
+def _decoded(path, tmp_path):
+    """Every output image of a decode, and its stats."""
+    images = []
+
+    def keep(index, image):
+        images.append(image.copy())
+        return image
+
+    stats = decode_file(path, tmp_path / "out.mp4", progress=False, compose=keep)
+    return images, stats
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_damaged_stream_resumes_after_the_damage_and_exits_3(encoded, tmp_path, capsys, seed):
+    """200 bytes of garbage among the first second's frames: every frame from the next key on
+    (frame 25) is as in the undamaged decode, the timeline is kept, and the exit status says so."""
+    clean, _ = _decoded(encoded, tmp_path)
+    with TkcReader(encoded) as reader:
+        offsets = [offset for offset, kind, body in reader._records(reader.data_start) if kind == 1]
+        seqs = [item.seq for item in reader if isinstance(item, Packet)]
+    frame_offsets = [o for o, q in zip(offsets, seqs) if 5 <= q <= 15]  # frame packets of seq 5..15
+    at = frame_offsets[0] + int(np.random.default_rng(seed).integers(0, frame_offsets[-1] - frame_offsets[0] - 200))
+    data = bytearray(encoded.read_bytes())
+    data[at : at + 200] = np.random.default_rng(seed).bytes(200)
+    damaged = tmp_path / "damaged.tkc"
+    damaged.write_bytes(bytes(data))
+    images, stats = _decoded(damaged, tmp_path)
+    assert len(images) == len(clean) == 50 and stats.damaged_records >= 1 and stats.concealed_frames >= 1
+    assert all(np.array_equal(a, b) for a, b in zip(images[25:], clean[25:]))
+    assert main(["decode", str(damaged), "-o", str(tmp_path / "d.mp4"), "-q"]) == DAMAGED_INPUT
+    err = capsys.readouterr().err
+    assert "damaged part(s) skipped" in err and "frames concealed" in err
 
 
 @pytest.mark.parametrize(
@@ -108,8 +146,8 @@ def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
 def test_a_frame_number_jump_is_damage_not_a_hang(encoded, tmp_path, capsys):
     from fractions import Fraction
 
-    from talkcodec.container import TkcReader, TkcWriter
-    from talkcodec.packet import Packet, PacketKind
+    from talkcodec.container import TkcWriter
+    from talkcodec.packet import PacketKind
 
     forged = tmp_path / "forged.tkc"
     keys = []
@@ -119,5 +157,5 @@ def test_a_frame_number_jump_is_damage_not_a_hang(encoded, tmp_path, capsys):
                 writer.write_packet(item)
                 keys += [item] if item.key else []
         writer.write_packet(Packet(1, PacketKind.FRAME, 1 << 34, keys[0].payload, key=True, fps=Fraction(25)))
-    assert main(["decode", str(forged), "-o", str(tmp_path / "f.mp4"), "-q"]) == 0
+    assert main(["decode", str(forged), "-o", str(tmp_path / "f.mp4"), "-q"]) == DAMAGED_INPUT
     assert "jump" in capsys.readouterr().err

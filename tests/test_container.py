@@ -1,12 +1,14 @@
 from fractions import Fraction
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from talkcodec.container import AudioChunk, TkcHeader, TkcReader, TkcWriter
 from talkcodec.errors import ContainerError
-from talkcodec.packet import Packet, PacketKind
+from talkcodec.packet import MAX_PACKET_BYTES, Packet, PacketKind
+from talkcodec.quant import write_varint
 
 MESH = 1
 
@@ -73,13 +75,52 @@ def test_every_truncation_reads_a_prefix(tkc, tmp_path):
         assert items == full[: len(items)]
 
 
-def test_corruption_stops_at_the_damage(tkc):
+def _record_spans(path):
+    """(start, end) byte offsets of every record after the header, in file order."""
+    with TkcReader(path) as reader:
+        spans, offset = [], reader.data_start
+        while isinstance(found := reader._record_at(offset), tuple):
+            spans.append((offset, found[2]))
+            offset = found[2]
+    return spans
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reading_resumes_at_the_first_intact_record_after_damage(tkc, tmp_path, seed):
+    """200 flipped bytes anywhere: every item whose record the damage did not touch is read,
+    in order, and the damage is reported."""
+    rng = np.random.default_rng(seed)
     data = bytearray(tkc.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    tkc.write_bytes(bytes(data))
-    with TkcReader(tkc) as reader:
+    spans = _record_spans(tkc)[:-2]  # the items' records (INDEX and END follow)
+    first = spans[0][0]
+    at = int(rng.integers(first, spans[-1][1] - 200))
+    for i in range(at, at + 200):
+        data[i] ^= int(rng.integers(1, 256))
+    path = tmp_path / "damaged.tkc"
+    path.write_bytes(bytes(data))
+    with TkcReader(path) as reader:
         items = list(reader)
-        assert 0 < len(items) < len(_stream()) and "byte" in reader.damage
+        damage = reader.damage
+    untouched = [item for item, (start, end) in zip(_stream(), spans) if end <= at or start >= at + 200]
+    assert items == untouched
+    assert damage is not None and "byte" in damage
+
+
+def test_a_flood_of_fake_record_starts_cannot_make_reading_slow(tmp_path):
+    """A hostile tail of record-type bytes each claiming a 1 MiB body: the resync scan's
+    checksum work is bounded."""
+    import time
+
+    path = tmp_path / "hostile.tkc"
+    _write(path, [])
+    with TkcReader(path) as reader:
+        start = reader.data_start
+    claim = bytes([1]) + write_varint(MAX_PACKET_BYTES)  # a PACKET record of 1 MiB
+    path.write_bytes(path.read_bytes()[:start] + claim * ((3 << 20) // len(claim)) + bytes(1 << 20))
+    started = time.perf_counter()
+    with TkcReader(path) as reader:
+        assert list(reader) == [] and reader.damage
+    assert time.perf_counter() - started < 5.0
 
 
 @pytest.mark.parametrize(
