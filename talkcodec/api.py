@@ -54,6 +54,12 @@ class Encoder(ABC):
         """Packets still held back at the end of the stream (frames waiting for a packet of several)."""
         return []
 
+    @abstractmethod
+    def skip(self) -> list[Packet]:
+        """A frame the caller had no time to encode (a live sender behind the frame clock): the
+        stream moves on one frame without it (the receiver holds the picture); returns packets
+        the skip completes (a packet of several ends at a gap)."""
+
     def request_key(self) -> None:
         """The receiver lost a key packet: make the next frame packet a key."""
 

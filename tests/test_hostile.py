@@ -38,6 +38,14 @@ def test_control_messages_roundtrip(message):
     assert control.parse(control.encode(message)) == message
 
 
+@pytest.mark.parametrize(("why", "said"), [("hung_up", "the other side hung up"),
+                                           ("input_ended", "the other side's input ended")])  # fmt: skip
+def test_the_receiver_says_why_the_other_side_left(why, said):
+    receiver = FaceReceiver()
+    receiver.on_message(control.encode(control.Bye(10, why)))
+    assert receiver._bye == said and receiver._last_seq == 10
+
+
 HOSTILE_CONTROL = {
     "integer too long to parse": '{"type":"bye","last_seq":' + "9" * 4301 + "}",
     "deep nesting": "[" * 3000 + "]" * 3000,
@@ -57,6 +65,7 @@ HOSTILE_CONTROL = {
     "frames per packet as a float": '{"type":"start","t0":1.0,"fps":25,"frames_per_packet":2.5}',
     "negative byte count": '{"type":"alive","audio_bytes":-1}',
     "unknown field": '{"type":"key","then":"reboot"}',
+    "unknown bye reason": '{"type":"bye","why":"rebooting"}',
 }
 
 

@@ -72,7 +72,7 @@ def _call(sample, loss=0.0, settings=None, **receiver):
 def test_every_packet_arrives_the_track_plays_at_frame_rate_and_the_recording_has_face_and_audio(realtime, sample_video, tmp_path):
     record = tmp_path / "received.mp4"
     a, b, reason, frames = _call(sample_video, record=str(record))
-    assert reason == "the other side hung up"
+    assert reason == "the other side's input ended"
     sent, got = a.stats.total, b.stats.total
     assert sent.frame_packets_sent == got.frame_packets_received == SECONDS * 25
     assert got.frames_shown == SECONDS * 25 and got.frames_concealed == 0
@@ -90,7 +90,7 @@ def test_every_packet_arrives_the_track_plays_at_frame_rate_and_the_recording_ha
 def test_a_call_in_packets_of_several_frames_shows_every_frame_in_order(realtime, sample_video):
     a, b, reason, frames = _call(sample_video, settings={"frames_per_packet": 4})
     sent, got = a.stats.total, b.stats.total
-    assert reason == "the other side hung up" and got.frames_concealed == 0
+    assert reason == "the other side's input ended" and got.frames_concealed == 0
     assert got.frames_shown == len(frames) == SECONDS * 25
     assert [seq for seq, _ in b.receiver.shown] == list(range(int(SECONDS * 25)))
     assert sent.frame_packets_sent == got.frame_packets_received < SECONDS * 25 / 3
@@ -170,6 +170,9 @@ def test_cli_loopback_call_writes_stats(realtime, sample_video, tmp_path, capsys
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{"):])
     assert summary["frames_shown"] == 50
+    assert "the other side's input ended" in out  # not "hung up": the file simply ended
+    assert summary["frame_packets_sent"] == summary["frame_packets_received"] > 0  # both sides of a loopback call
+    assert summary["frame_kbps_sent"] > 0 and summary["reference_bytes"] > 1000 and summary["audio_kbps_sent"] > 0
     records = [json.loads(line) for line in stats.read_text().splitlines()]
     assert records and {"frame_kbps_received", "audio_kbps_received", "fps_shown", "loss_pct", "latency_ms"} <= set(records[0])
 
@@ -177,3 +180,40 @@ def test_cli_loopback_call_writes_stats(realtime, sample_video, tmp_path, capsys
 def test_cli_call_needs_an_input_for_loopback(capsys):
     assert main(["call", "--loopback"]) == 2
     assert "--loopback needs --input" in capsys.readouterr().err
+
+
+def test_a_sender_behind_the_frame_clock_skips_frames_and_says_so(sample_video, caplog):
+    """An encoder slower than the frame rate (as `avfr` on a small machine): frames whose time has
+    passed are skipped (counted, warned about once), the frame clock keeps its pace."""
+    import threading
+    import time
+
+    from talkcodec.transport.peer import FaceSender
+
+    sender = FaceSender(str(sample_video), seconds=3.0)
+    encode = sender._encoder.encode
+
+    def slow(frame, audio=None):
+        time.sleep(0.08)  # at most 12 fps on a 25 fps clock
+        return encode(frame)
+
+    sender._encoder.encode = slow
+
+    async def run():
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue(maxsize=1000)
+        worker = threading.Thread(target=sender._capture, args=(loop, queue, time.time(), sender._source))
+        worker.start()
+        packets = []
+        while (item := await queue.get()) is not None:
+            packets += item
+        worker.join()
+        return packets
+
+    started = time.perf_counter()
+    packets = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    seqs = [p.seq for p in packets if p.kind == PacketKind.FRAME]
+    skipped = sender.stats.total.frames_skipped_at_sender
+    assert elapsed < 3.0 + 1.0  # the clock's pace, not the encoder's (75 frames at 12 fps would take 6 s)
+    assert 20 < skipped < 60 and len(seqs) + skipped == 75 and seqs == sorted(set(seqs)) and seqs[-1] >= 70
+    assert "cannot encode mesh at 25 fps" in caplog.text

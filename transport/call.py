@@ -51,13 +51,14 @@ def use_loopback_only() -> None:
 
 
 class Peer:
-    def __init__(self, options: CallOptions):
+    def __init__(self, options: CallOptions, sent_by: CallStats | None = None):
+        """``sent_by``: in a loopback call, the sending peer's stats (this peer reports them)."""
         self.options = options
         # A call runs capture, encode, decode and aiortc at frame rate on a few cores; OpenBLAS's own
         # threads, spinning after every small per-frame product, only take those cores from them.
         threadpool_limits(1, user_api="blas")
         set_opus_bitrate(options.audio_kbps * 1000)
-        self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None)
+        self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None, sent_by)
         servers = [RTCIceServer(urls=url) for url in options.stun]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # no STUN unless asked: none is reachable offline
         self.sender = (
@@ -217,9 +218,11 @@ async def run_over_signaling(signaling: BaseSignaling, options: CallOptions, off
 
 
 async def loopback(sender: CallOptions, receiver: CallOptions) -> tuple[Peer, Peer, str]:
-    """Both peers in this process over 127.0.0.1; returns them and why the receiver stopped."""
+    """Both peers in this process over 127.0.0.1; returns them and why the receiver stopped.
+    The receiving peer's stats also say what the sending peer sent."""
     use_loopback_only()
-    a, b = Peer(sender), Peer(receiver)
+    a = Peer(sender)
+    b = Peer(receiver, sent_by=a.stats)
     offer = await a.offer()
     await a.pc.setRemoteDescription(await b.answer(offer))
     results = await asyncio.gather(a.run(), b.run())

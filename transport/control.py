@@ -36,12 +36,17 @@ class Start:
     frames_per_packet: int = 1  # the sender holds n - 1 frames back for a packet of n
 
 
+BYE_REASONS = ("hung_up", "input_ended")
+
+
 @dataclass(frozen=True)
 class Bye:
-    """The sender stops; ``last_seq`` is its last frame (-1: it sent none)."""
+    """The sender stops; ``last_seq`` is its last frame (-1: it sent none); ``why``: one of
+    ``BYE_REASONS`` (its user hung up, or its input file ended)."""
 
     type: ClassVar[str] = "bye"
     last_seq: int = -1
+    why: str = "hung_up"
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "last_seq": (-1, MAX_SEQ),
     "audio_bytes": (0, MAX_COUNT),
 }
+CHOICES: dict[str, tuple[str, ...]] = {"why": BYE_REASONS}  # the allowed values of every text field
 
 
 def encode(message: Message) -> str:
@@ -84,16 +90,20 @@ def encode(message: Message) -> str:
     return json.dumps({"v": CONTROL_VERSION, "type": message.type, **asdict(message)}, separators=(",", ":"))
 
 
-def _field(name: str, value: Any, kind: type) -> Any:
+def _field(name: str, value: Any, kind: str) -> Any:
+    if kind == "str":
+        if value not in CHOICES[name]:
+            raise ControlError(f"{name} must be one of {', '.join(CHOICES[name])}")
+        return value
     low, high = RANGES[name]
-    if kind is int:
+    if kind == "int":
         if not isinstance(value, int) or isinstance(value, bool):
             raise ControlError(f"{name} must be an integer")
     elif not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise ControlError(f"{name} must be a finite number")
     if not low <= value <= high:
         raise ControlError(f"{name} {value} is outside {low:g}..{high:g}")
-    return kind(value)
+    return int(value) if kind == "int" else float(value)
 
 
 def parse(data: str | bytes) -> Message:
@@ -117,8 +127,7 @@ def parse(data: str | bytes) -> Message:
     unknown = set(raw) - set(known)
     if unknown:
         raise ControlError(f"{cls.type} message with unknown fields")
-    kinds = {"int": int, "float": float}
-    values = {name: _field(name, value, kinds[known[name].type]) for name, value in raw.items()}
+    values = {name: _field(name, value, known[name].type) for name, value in raw.items()}
     if cls is Start and not {"t0", "fps"} <= set(values):
         raise ControlError("start message without t0 and fps")
     return cls(**values)

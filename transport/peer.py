@@ -50,6 +50,7 @@ REFERENCE_REQUEST_INTERVAL = 1.0  # the sender honours at most one reference req
 MAX_PENDING_REFERENCES = 2  # reference packets waiting to be decoded; more are refused (a flood)
 
 log = logging.getLogger(__name__)
+BYE_REASONS = {"hung_up": "the other side hung up", "input_ended": "the other side's input ended"}
 
 
 def frames_channel_options() -> dict[str, Any]:
@@ -110,6 +111,8 @@ class FaceSender:
             raise
         self._started = False
         self._last_reference_request = -math.inf
+        self._warned_slow = False
+        self.input_ended = False  # the capture stopped because the input ended (not stop())
         self.last_seq = -1  # seq of the last frame packet made (sent or dropped)
 
     def on_control(self, message: control.Message) -> None:
@@ -148,11 +151,28 @@ class FaceSender:
                 delay = start + index / self.fps - time.time()
                 if delay > 0:
                     time.sleep(delay)
+                elif -delay > 1 / self.fps:  # more than a frame behind: this frame's time has passed
+                    loop.call_soon_threadsafe(offer, encoder.skip())
+                    self._skipped(index)
+                    continue
                 loop.call_soon_threadsafe(offer, encoder.encode(frame))
+            self.input_ended = not self._stop.is_set()
             loop.call_soon_threadsafe(offer, encoder.flush())  # frames held back for a packet of several
         finally:
             loop.call_soon_threadsafe(offer, None)  # the bye leaves now: closing mediapipe can take a while
             encoder.close()
+
+    def _skipped(self, index: int) -> None:
+        """Count a frame dropped to stay in real time; say once that this machine is too slow."""
+        self.stats.total.frames_skipped_at_sender += 1
+        if not self._warned_slow and index >= 2 * self.fps:  # judged after 2 s (start-up is slower)
+            self._warned_slow = True
+            share = self.stats.total.frames_skipped_at_sender / index
+            log.warning(
+                "talkcodec: warning: this machine cannot encode %s at %g fps (%.0f %% of frames dropped so far): "
+                "the other side sees those frames held; a faster machine, a lower --fps or --codec mesh would help",
+                self.codec.name, self.fps, 100 * share,
+            )  # fmt: skip
 
     async def run(self, frames: Any, channel: Any) -> None:
         """Send until the input ends or ``stop()``; then a ``bye``."""
@@ -183,7 +203,7 @@ class FaceSender:
                         frames.send(wire)
                         self.stats.total.frame_packets_sent += 1
                         self.stats.total.frame_bytes_sent += len(wire)
-            channel.send(control.encode(control.Bye(self.last_seq)))
+            channel.send(control.encode(control.Bye(self.last_seq, "input_ended" if self.input_ended else "hung_up")))
         finally:
             self._stop.set()
 
@@ -212,7 +232,7 @@ class FaceReceiver:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talkcodec-decode")
         self._t0: float | None = None
         self._fps = 25.0
-        self._bye = False
+        self._bye = ""  # why the other side said bye, in words; "" until it does
         self._local_t0 = math.inf
         self._last_seq: int | None = None  # the sender's last frame, told with its bye
         self._last_arrival = time.time()
@@ -248,10 +268,10 @@ class FaceReceiver:
                 # the sender holds n - 1 frames back for a packet of n
                 self._wait_s = max(self._wait_s, (message.frames_per_packet - 1) / self._fps)
             elif isinstance(message, control.Bye):
-                self._bye = True
+                self._bye = BYE_REASONS[message.why]
                 self._last_seq = message.last_seq
             elif isinstance(message, control.Alive):
-                self.stats.total.audio_bytes_received = message.audio_bytes  # as sent by the other side
+                self.stats.audio_reported(message.audio_bytes)  # as sent by the other side
             return message
         try:
             packet = Packet.from_bytes(data)
@@ -357,7 +377,7 @@ class FaceReceiver:
                     break
                 if self._t0 is None or self._first_arrival is None:
                     if self._bye:
-                        self.reason = "the other side hung up"
+                        self.reason = self._bye
                         break
                     await asyncio.sleep(0.01)
                     continue
@@ -370,7 +390,7 @@ class FaceReceiver:
                 if self._last_seq is not None:
                     due = min(due, self._last_seq)  # nothing comes after the last frame: no concealing past it
                 if self._bye and not len(self.jitter) and (self._last_seq is None or self.jitter.next_seq > self._last_seq):
-                    self.reason = "the other side hung up"  # everything sent has been played
+                    self.reason = self._bye  # everything sent has been played
                     break
                 if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
                     self.jitter.start(due)

@@ -16,6 +16,7 @@ class Counters:
     frame_bytes_sent: int = 0
     frame_packets_sent: int = 0
     frame_packets_dropped: int = 0  # not sent: the data channel's buffer was full (congestion)
+    frames_skipped_at_sender: int = 0  # not encoded: the sender was behind the frame clock (a slow machine)
     frame_bytes_received: int = 0
     frame_packets_received: int = 0
     reference_bytes: int = 0
@@ -29,21 +30,51 @@ class Counters:
     latencies_ms: list[float] = field(default_factory=list)  # capture -> display, per shown frame
 
 
-class CallStats:
-    """Shared by the sender and receiver halves; ``tick()`` once a second makes a record."""
+SENT = ("frame_bytes_sent", "frame_packets_sent", "frame_packets_dropped", "frames_skipped_at_sender",
+        "reference_bytes", "audio_bytes_sent")  # fmt: skip
 
-    def __init__(self, log_path: str | Path | None = None, live: IO[str] | None = None):
+
+class CallStats:
+    """Shared by the sender and receiver halves of one peer; ``tick()`` once a second makes a
+    record. ``sent_by``: the stats of the peer that sends to this one when it runs in the same
+    process (a loopback call), whose sending figures this one then reports as its own."""
+
+    def __init__(self, log_path: str | Path | None = None, live: IO[str] | None = None,
+                 sent_by: CallStats | None = None):  # fmt: skip
         self.total = Counters()
         self.records: list[dict[str, Any]] = []
+        self.sent_by = sent_by
         self._last = Counters()
         self._last_time = self._start = time.time()
         self._log = open(log_path, "w") if log_path else None
         self._live = live
+        self._audio_reports: list[tuple[float, int]] = []  # (arrival, audio bytes the other side had sent): last two
+
+    def audio_reported(self, audio_bytes: int) -> None:
+        """The other side's count of audio bytes sent (its keepalive): the received audio's rate."""
+        self.total.audio_bytes_received = audio_bytes
+        self._audio_reports = [*self._audio_reports[-1:], (time.time(), audio_bytes)]
+
+    def _audio_kbps_received(self) -> float | None:
+        """Over the last two reports (None before two): the receiver's clock ticks apart from them."""
+        if len(self._audio_reports) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._audio_reports
+        return round(max(b1 - b0, 0) * 8 / 1000 / max(t1 - t0, 1e-3), 2)
+
+    def _counters(self) -> Counters:
+        """The totals, with the sending ones from ``sent_by`` when set."""
+        if self.sent_by is None:
+            return self.total
+        counters = Counters(**vars(self.total))
+        for name in SENT:
+            setattr(counters, name, getattr(self.sent_by.total, name))
+        return counters
 
     def tick(self) -> dict[str, Any]:
         now = time.time()
         span = max(now - self._last_time, 1e-6)
-        t, last = self.total, self._last
+        t, last = self._counters(), self._last
         expected = (t.frames_shown - last.frames_shown) or 1
         latencies = t.latencies_ms[len(last.latencies_ms) :]
         record = {
@@ -51,14 +82,15 @@ class CallStats:
             "frame_kbps_sent": round((t.frame_bytes_sent - last.frame_bytes_sent) * 8 / 1000 / span, 2),
             "frame_kbps_received": round((t.frame_bytes_received - last.frame_bytes_received) * 8 / 1000 / span, 2),
             "audio_kbps_sent": round((t.audio_bytes_sent - last.audio_bytes_sent) * 8 / 1000 / span, 2),
-            "audio_kbps_received": round((t.audio_bytes_received - last.audio_bytes_received) * 8 / 1000 / span, 2),
+            "audio_kbps_received": self._audio_kbps_received(),
             "fps_shown": round((t.frames_shown - last.frames_shown) / span, 1),
             "loss_pct": round(100 * (t.frames_concealed - last.frames_concealed) / expected, 1),
             "concealed": t.frames_concealed - last.frames_concealed,
             "dropped_at_sender": t.frame_packets_dropped - last.frame_packets_dropped,
+            "skipped_at_sender": t.frames_skipped_at_sender - last.frames_skipped_at_sender,
             "latency_ms": round(float(np.median(latencies)), 1) if latencies else None,
         }
-        self._last = Counters(**{k: (list(v) if isinstance(v, list) else v) for k, v in vars(t).items()})
+        self._last = Counters(**{k: (list(v) if isinstance(v, list) else v) for k, v in vars(t).items()})  # a copy
         self._last_time = now
         self.records.append(record)
         if self._log:
@@ -67,23 +99,33 @@ class CallStats:
         if self._live:
             self._live.write(
                 f"[{record['t']:6.1f}s] frames {record['frame_kbps_sent']:.1f}/{record['frame_kbps_received']:.1f} kbps "
-                f"sent/recv, audio {record['audio_kbps_received']:.1f} kbps, {record['fps_shown']:.1f} fps, "
+                f"sent/recv, audio {record['audio_kbps_sent']:.1f}/{record['audio_kbps_received'] or 0:.1f} kbps, "
+                f"{record['fps_shown']:.1f} fps, "
                 f"loss {record['loss_pct']:.1f}%, latency {record['latency_ms']} ms\n"
             )
             self._live.flush()
         return record
 
     def summary(self) -> dict[str, Any]:
-        t = self.total
+        t = self._counters()
         lat = np.array(t.latencies_ms) if t.latencies_ms else None
         seconds = max(time.time() - self._start, 1e-6)
+
+        def kbps(nbytes: int) -> float:
+            return round(nbytes * 8 / 1000 / seconds, 2)
+
         return {
             "seconds": round(seconds, 1),
+            "frame_kbps_sent": kbps(t.frame_bytes_sent),
+            "frame_kbps_received": kbps(t.frame_bytes_received),
+            "audio_kbps_sent": kbps(t.audio_bytes_sent),
+            "audio_kbps_received": kbps(t.audio_bytes_received),
             "frames_shown": t.frames_shown,
             "frames_concealed": t.frames_concealed,
             "frame_packets_sent": t.frame_packets_sent,
             "frame_packets_received": t.frame_packets_received,
             "frame_packets_dropped_at_sender": t.frame_packets_dropped,
+            "frames_skipped_at_sender": t.frames_skipped_at_sender,
             "key_requests": t.key_requests,
             "control_refused": t.control_refused,
             "packets_refused": t.packets_refused,

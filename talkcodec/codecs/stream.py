@@ -182,6 +182,11 @@ class StreamEncoder(Encoder):
     def flush(self) -> list[Packet]:
         return self.packets.flush()
 
+    def skip(self) -> list[Packet]:
+        packets = self.packets.flush()  # a packet's frames are consecutive: a gap ends it
+        self._seq += 1
+        return packets
+
     def close(self) -> None:
         self.tracker.close()
 
