@@ -150,7 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=float, default=None, metavar="FRACTION",
                         help="code the last FRACTION of each clip instead (at most --seconds): 0.2 is the part "
                              "of a training clip the trainer held out")  # fmt: skip
-    parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS), help="comma-separated (default: all)")
+    parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS),
+                        help=f"comma-separated (default: {','.join(DEFAULT_CODECS)}; the learned codecs avfr, apb "
+                             "are run when named)")  # fmt: skip
     parser.add_argument("--kbps", default=",".join(f"{k:g}" for k in DEFAULT_KBPS), help="conventional targets")
     parser.add_argument("--weights", action="append", default=[], metavar="CODEC=PATH",
                         help="weights for a learned codec (avfr, apb), e.g. apb=run/weights.safetensors")

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import TalkcodecError
 from .packet import Packet
+from .settings import build_settings
 
 if TYPE_CHECKING:
     from .face import FaceObservation
@@ -112,17 +111,10 @@ class Codec(ABC):
 
     name: ClassVar[str]
     codec_id: ClassVar[int]
-    Settings: ClassVar[type]  # a dataclass; its fields are the codec's settings
+    Settings: ClassVar[type]  # a dataclass of ``settings.setting`` fields: the codec's settings
 
     def __init__(self, **settings: Any):
-        names = {f.name for f in dataclasses.fields(self.Settings)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise TalkcodecError(
-                f"unknown setting(s) {', '.join(unknown)} for codec {self.name!r}; "
-                f"valid settings: {', '.join(sorted(names))}"
-            )
-        self.settings = self.Settings(**settings)
+        self.settings = build_settings(self.Settings, self.name, settings)  # TalkcodecError for a bad one
 
     @abstractmethod
     def encoder(self, fps: float | Fraction = 25) -> Encoder:

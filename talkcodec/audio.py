@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from .errors import InputError
+from .video import ffmpeg_reason
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +33,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float | 
     try:
         container = av.open(str(path), "r")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable media file ({exc})") from None
+        raise InputError(f"{path}: not a readable media file ({ffmpeg_reason(exc)})") from None
     with container:
         if not container.streams.audio:
             return None

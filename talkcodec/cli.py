@@ -215,6 +215,20 @@ def cmd_call(args: argparse.Namespace) -> None:
     print(f"call ended: {reason}\n{json.dumps(summary, indent=1)}")
 
 
+def cmd_codecs(args: argparse.Namespace) -> None:
+    from .registry import codec_class
+    from .settings import describe_settings
+
+    for name in list_codecs():
+        cls = codec_class(name)
+        print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0].replace('``', '')}")
+        rows = describe_settings(cls.Settings)
+        width = max(len(f"{n}={json.dumps(d)}") for n, d, _, _ in rows)
+        for setting, default, accepts, help_text in rows:
+            print(f"  {f'{setting}={json.dumps(default)}':<{width}}  {accepts}: {help_text}")
+    print("set them with --set KEY=VALUE (encode, demo, call, bench) or get_codec(name, **settings)")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench.run import run
 
@@ -224,7 +238,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talkcodec", description="Send a face instead of pixels.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="talkcodec", description="Send a face instead of pixels.",
+                                     epilog="exit status: 0 done, 2 an error (one line on stderr), "
+                                            "3 decode met a damaged input, 130 interrupted")  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"talkcodec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     codec_help = f"codec ({', '.join(list_codecs())}; default mesh)"
 
@@ -252,9 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_decode)
 
     p = sub.add_parser("info", help="codec, duration and bitrate split of a .tkc stream")
-    p.add_argument("input")
+    p.add_argument("input", help="a .tkc file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("codecs", help="every codec with its settings: defaults, ranges, what they do")
+    p.set_defaults(run=cmd_codecs)
 
     p = sub.add_parser("demo", help="encode + decode a video (default: the bundled sample), side by side")
     p.add_argument("--input", help="a video with a face (default: the sample shipped with talkcodec)")
@@ -325,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_enroll)
 
     p = sub.add_parser("fit-mesh", help="(maintainers) fit the mesh codec's shape model on videos")
-    p.add_argument("videos", nargs="+")
+    p.add_argument("videos", nargs="+", help="talking-head videos to fit on")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--seconds", type=float, help="only the first N seconds of each video")
     p.set_defaults(run=cmd_fit_mesh)

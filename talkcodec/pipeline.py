@@ -93,19 +93,20 @@ def encode_file(
 ) -> StreamStats:
     """Encode a video file into a .tkc file. ``crops_to`` also saves the face crops the codec
     saw, losslessly (for measuring quality against them)."""
+    model = get_codec(codec, **(settings or {}))  # a wrong setting is told before the input is read
     info = probe(source)
-    model = get_codec(codec, **(settings or {}))
     rate = Fraction(fps).limit_denominator(1001)
     samples = load_audio(source, OPUS_RATE, max_seconds) if audio and info.has_audio else None
-    header = TkcHeader(
-        codec, rate, audio_rate=OPUS_RATE if samples is not None else None,
-        settings=asdict(model.settings), extra={"source": Path(source).name, "talkcodec": __version__},
-    )  # fmt: skip
     stats = StreamStats(codec, float(rate))
     opus = OpusEncoder(sample_rate=OPUS_RATE) if samples is not None else None
     total = round(min(info.duration, max_seconds or info.duration) * fps) or None
     start = time.perf_counter()
     encoder = model.encoder(fps=fps)
+    settings_used = {**asdict(model.settings), "frames_per_packet": encoder.frames_per_packet}  # None resolved
+    header = TkcHeader(
+        codec, rate, audio_rate=OPUS_RATE if samples is not None else None,
+        settings=settings_used, extra={"source": Path(source).name, "talkcodec": __version__},
+    )  # fmt: skip
     crops = None
     audio_sent = 0  # samples given to the Opus encoder
     try:

@@ -58,10 +58,15 @@ def import_codecs() -> None:
             importlib.import_module(module)
 
 
-def get_codec(name: str, **settings: Any) -> Codec:
-    """Build a codec by name; ``settings`` are the fields of that codec's settings dataclass."""
+def codec_class(name: str) -> type[Codec]:
+    """The codec class registered as ``name`` (its ``Settings`` describe its settings)."""
     if name not in _MODULES:
         raise UnknownCodecError(f"unknown codec {name!r}; available: {', '.join(list_codecs())}")
     if name not in _CODECS:
         importlib.import_module(_MODULES[name])
-    return _CODECS[name](**settings)
+    return _CODECS[name]
+
+
+def get_codec(name: str, **settings: Any) -> Codec:
+    """Build a codec by name; ``settings`` are the fields of that codec's settings dataclass."""
+    return codec_class(name)(**settings)

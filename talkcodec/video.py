@@ -26,6 +26,12 @@ class VideoInfo:
         return max(1, round(self.duration * self.fps))
 
 
+def ffmpeg_reason(exc: Exception) -> str:
+    """What went wrong, in FFmpeg's words, without its errno or the path it was given."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return reason[0].lower() + reason[1:] if reason else type(exc).__name__
+
+
 def _open(path: str | Path) -> av.container.InputContainer:
     camera = str(path).startswith("/dev/video")  # a V4L2 camera, read through FFmpeg
     if not (Path(path).is_file() or (camera and Path(path).exists())):
@@ -33,7 +39,7 @@ def _open(path: str | Path) -> av.container.InputContainer:
     try:
         container = av.open(str(path), "r", format="v4l2" if camera else None)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable video ({exc})") from None
+        raise InputError(f"{path}: not a readable video ({ffmpeg_reason(exc)})") from None
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: has no video stream")

@@ -110,7 +110,8 @@ def test_a_damaged_stream_resumes_after_the_damage_and_exits_3(encoded, tmp_path
 @pytest.mark.parametrize(
     "make, args, message",
     [
-        (lambda p: p.write_text("hello"), ["encode", "{p}", "-q"], "not a readable video"),
+        (lambda p: p.write_text("hello"), ["encode", "{p}", "-q"], "not a readable video (invalid data found"),
+        (lambda p: None, ["encode", "{p}", "--set", "precision=abc", "-q"], "precision must be a number"),
         (lambda p: None, ["encode", "{p}", "-q"], "no such file"),
         (lambda p: p.write_bytes(b"\x00" * 100), ["decode", "{p}", "-q"], "not a .tkc file"),
         (lambda p: p.write_bytes(b"TKC\x00\x07"), ["info", "{p}"], "version 7"),
@@ -126,6 +127,30 @@ def test_user_errors_are_one_line(tmp_path, capsys, make, args, message):
     assert main([a.replace("{p}", str(path)) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("talkcodec: error:") and "\n" not in err
+
+
+def test_version_and_the_codec_list(capsys):
+    import talkcodec
+    from talkcodec.registry import codec_class
+    from talkcodec.settings import describe_settings
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"talkcodec {talkcodec.__version__}"
+    assert main(["codecs"]) == 0
+    out = capsys.readouterr().out
+    for name in talkcodec.list_codecs():
+        assert f"\n{name}: " in "\n" + out
+        for setting, default, accepts, _ in describe_settings(codec_class(name).Settings):
+            assert f"{setting}={json.dumps(default)}" in out and accepts in out
+
+
+def test_info_tells_the_frames_per_packet_a_learned_codec_used(sample_video, tmp_path, capsys):
+    tkc = tmp_path / "a.tkc"
+    assert main(["encode", str(sample_video), "--codec", "apb", "-o", str(tkc), "--seconds", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tkc), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["frames_per_packet"] == 3
 
 
 def test_video_without_a_face_is_refused(noface_video, tmp_path, capsys):

@@ -36,6 +36,7 @@ from ..face import (
 )
 from ..models.apb import APBConfig, APBModel
 from ..registry import register_codec
+from ..settings import setting
 from ..warp import PiecewiseAffineWarp
 from .learned import LearnedCodec, LearnedSettings, to_image, to_tensor
 
@@ -98,10 +99,9 @@ class PosedReference:
 
 @dataclass(frozen=True)
 class APBSettings(LearnedSettings):
-    # receiver: run the paper's networks (audio-aware fuser + AdaConv reenactor: the audio-driven
-    # mouth) over the posed reference. Off by default: the shipped CPU-trained networks draw the
-    # mouth region blurrier than the posed reference shows it (docs/MODELS.md) and decode 4x slower
-    refine: bool = False
+    # Off by default: the shipped CPU-trained networks draw the mouth region blurrier than the
+    # posed reference shows it (docs/MODELS.md) and decode 4x slower.
+    refine: bool = setting(False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference")
 
 
 @register_codec("apb")

@@ -22,6 +22,7 @@ from ..errors import PacketError
 from ..face import CROP_SIZE, FaceObservation, rasterize_mesh
 from ..models.avfr import AVFRConfig, AVFRModel
 from ..registry import register_codec
+from ..settings import setting
 from .learned import LearnedCodec, LearnedSettings, to_image, to_tensor
 
 # Steps: 4 crop pixels and 0.08 for jacobians. On vr_face2 with the CPU-trained model, halving
@@ -80,7 +81,7 @@ def coding_step(num_kp: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AVFRSettings(LearnedSettings):
-    key_interval: int = 8  # keys are coded against the reference's keypoints: cheap, so frequent
+    key_interval: int = setting(8, "a key packet every this many frames (coded against the reference: cheap)", (1, 10_000))
 
 
 @register_codec("avfr")

@@ -26,38 +26,24 @@ import torch
 from ..api import Codec
 from ..audio import AudioTimeline, MelSettings
 from ..device import resolve_device
-from ..errors import PacketError, TalkcodecError, WeightsError
+from ..errors import PacketError, WeightsError
 from ..face import CROP_SIZE, FaceObservation
 from ..packet import MAX_FRAMES_PER_PACKET, Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
+from ..settings import setting
 from ..weights import Weights, load_module, load_weights
-from .stream import StreamDecoder, StreamEncoder, StreamReference
+from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings
 
 
 @dataclass(frozen=True)
-class LearnedSettings:
-    weights: str | None = None  # weights file; None = the weights shipped with talkcodec
-    device: str = "cpu"  # where the networks run: cpu, cuda, auto
-    key_interval: int = 25  # a key packet every this many frames
-    precision: float = 1.0  # quantization step multiplier: 2.0 = coarser motion, fewer bits
-    # frames sent per packet (fewer bits, n - 1 frames later); None: as many as the receiver's audio
-    # look-ahead hides anyway (3 at 25 fps with the shipped weights' 100 ms), so it adds no delay
-    frames_per_packet: int | None = None
-    reference_format: str = "webp"  # or "jpeg"
-    reference_quality: int = 90
-    refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
-    crop: bool = True  # False: input frames are already square face crops (the bench's)
-    # receiver: the networks' image blend warps the 256x256 reference itself (sharp) instead of its
-    # network-size copy upscaled; False: the network's output, upscaled (as trained)
-    full_resolution_blend: bool = True
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.key_interval <= 10_000 or not 0.05 <= self.precision <= 100:
-            raise TalkcodecError("key_interval must be in 1..10000 and precision in 0.05..100")
-        if self.frames_per_packet is not None and not 1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET:
-            raise TalkcodecError(f"frames_per_packet must be in 1..{MAX_FRAMES_PER_PACKET}")
-        if self.reference_format not in ("webp", "jpeg"):
-            raise TalkcodecError("reference_format must be 'webp' or 'jpeg'")
+class LearnedSettings(StreamSettings):
+    weights: str | None = setting(None, "weights file; null = the weights shipped with talkcodec")
+    device: str = setting("cpu", "where the networks run: cpu, cuda, auto")
+    frames_per_packet: int | None = setting(
+        None, "frames per packet; null: as many as the receiver's audio look-ahead hides anyway (3 at 25 fps)",
+        (1, MAX_FRAMES_PER_PACKET))  # fmt: skip
+    full_resolution_blend: bool = setting(
+        True, "receiver: the image blend warps the 256x256 reference itself (sharp), not the network-size copy")
 
 
 def shipped_weights(codec: str) -> Path | None:

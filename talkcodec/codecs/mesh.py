@@ -24,38 +24,22 @@ import cv2
 import numpy as np
 
 from ..api import Codec
-from ..errors import PacketError, TalkcodecError
+from ..errors import PacketError
 from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation
-from ..packet import MAX_FRAMES_PER_PACKET, Packet, decode_image, unpack
+from ..packet import Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
 from ..registry import register_codec
+from ..settings import setting
 from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
 from .mesh_model import MAX_COEFFICIENTS, POSE_PARAMS, ShapeModel
-from .stream import StreamDecoder, StreamEncoder, StreamReference
+from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings
 
 
 @dataclass(frozen=True)
-class MeshSettings:
-    coefficients: int = 16  # basis coefficients per frame (expression + shape detail), 1..32
-    key_interval: int = 25  # a key packet every this many frames (1 s at 25 fps)
-    precision: float = 1.0  # quantization step multiplier: 2.0 = coarser motion, fewer bits
-    frames_per_packet: int = 1  # > 1: send frames in packets of this many (fewer bits, n - 1 frames later)
-    reference_format: str = "webp"  # or "jpeg"
-    reference_quality: int = 90
-    refresh_degrees: float = 30.0  # resend the reference when the head turns this far from it
-    mouth_fill: bool = True  # paint the mouth interior when it opens wider than in the reference
-    crop: bool = True  # False: input frames are already square face crops (the bench's)
-    model: str | None = None  # path to a shape model; None = the one shipped with talkcodec
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.coefficients <= MAX_COEFFICIENTS:
-            raise TalkcodecError(f"mesh: coefficients must be in 1..{MAX_COEFFICIENTS}")
-        if not 1 <= self.key_interval <= 10_000 or not 0.05 <= self.precision <= 100:
-            raise TalkcodecError("mesh: key_interval must be in 1..10000 and precision in 0.05..100")
-        if not 1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET:
-            raise TalkcodecError(f"mesh: frames_per_packet must be in 1..{MAX_FRAMES_PER_PACKET}")
-        if self.reference_format not in ("webp", "jpeg"):
-            raise TalkcodecError("mesh: reference_format must be 'webp' or 'jpeg'")
+class MeshSettings(StreamSettings):
+    coefficients: int = setting(16, "basis coefficients per frame (expression + shape detail)", (1, MAX_COEFFICIENTS))
+    mouth_fill: bool = setting(True, "paint the mouth interior when it opens wider than in the reference")
+    model: str | None = setting(None, "path to a shape model; null = the one shipped with talkcodec")
 
 
 @lru_cache(maxsize=4)

@@ -28,8 +28,9 @@ from threadpoolctl import ThreadpoolController
 from ..api import Codec, Decoder, Encoder, Frame
 from ..errors import PacketError
 from ..face import CropSettings, FaceObservation, FaceTracker
-from ..packet import Packet, PacketKind, encode_image, pack
+from ..packet import MAX_FRAMES_PER_PACKET, Packet, PacketKind, encode_image, pack
 from ..quant import VectorStream
+from ..settings import setting
 
 MAX_REFERENCES = 4  # a decoder keeps the few most recent references
 
@@ -45,6 +46,20 @@ def one_blas_thread() -> Any:
     take the cores from PyTorch's: `apb` with its networks decoded at 9 fps on 2 cores, 27 with
     this (DECISIONS.md). ~20 us a frame."""
     return _thread_pools().limit(limits=1, user_api="blas")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What every talkcodec codec's stream shares (each codec adds its own settings)."""
+
+    key_interval: int = setting(25, "a key packet every this many frames (1 s at 25 fps)", (1, 10_000))
+    precision: float = setting(1.0, "quantization step multiplier: 2.0 = coarser motion, fewer bits", (0.05, 100))
+    frames_per_packet: int = setting(1, "send frames in packets of this many (fewer bits, n - 1 frames later)",
+                                     (1, MAX_FRAMES_PER_PACKET))  # fmt: skip
+    reference_format: str = setting("webp", "how the reference image is coded", choices=("webp", "jpeg"))
+    reference_quality: int = setting(90, "the reference image's WebP/JPEG quality", (1, 100))
+    refresh_degrees: float = setting(30.0, "resend the reference when the head turns this far from it", (1, 180))
+    crop: bool = setting(True, "false: input frames are already square face crops (the bench's)")
 
 
 @dataclass
