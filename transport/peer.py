@@ -239,6 +239,7 @@ class FaceReceiver:
         self._first_arrival: tuple[int, float] | None = None  # (last seq, local time) of the first frame packet
         self._first_seq = 0  # the first frame packet's first seq: where playout starts
         self._references_pending = 0  # reference packets waiting for the decode thread
+        self._catch_ups = 0  # times playout fell 2 s behind and skipped ahead
         self._wait_s = 0.0  # the longest a frame must wait for its data: audio look-ahead, held-back frames
         self._audio_chunks: list[tuple[float, np.ndarray]] = []  # (local arrival time, samples)
         self._audio_fed: int | None = None  # samples given to an audio-driven decoder
@@ -312,6 +313,17 @@ class FaceReceiver:
             self._decode(packet, conceal=False)
         finally:
             self._references_pending -= 1
+
+    def _fell_behind(self, frames: int) -> None:
+        """Count frames skipped to catch up with the clock; say once if it keeps happening."""
+        self.stats.total.frames_skipped_at_receiver += frames
+        self._catch_ups += 1
+        if self._catch_ups == 2:  # one stall happens (a busy machine); twice, the decoder is too slow
+            log.warning(
+                "talkcodec: warning: this machine cannot draw the %s stream at %g fps: frames are skipped to "
+                "keep up (a faster machine, or a cheaper codec on the other side, e.g. --codec mesh)",
+                self._decoder.codec.name, self._fps,
+            )  # fmt: skip
 
     def _decode(self, packet: Packet | None, conceal: bool = True) -> list:
         """Decode on the worker thread; a frame packet the decoder rejects counts as lost, a
@@ -393,6 +405,7 @@ class FaceReceiver:
                     self.reason = self._bye  # everything sent has been played
                     break
                 if due - self.jitter.next_seq > 2 * self._fps:  # far behind (a stall): skip ahead
+                    self._fell_behind(due - self.jitter.next_seq)
                     self.jitter.start(due)
                     await loop.run_in_executor(self._pool, self._decoder.skip_to, due)
                 while self.jitter.next_seq is not None and self.jitter.next_seq <= due:

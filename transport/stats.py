@@ -17,6 +17,7 @@ class Counters:
     frame_packets_sent: int = 0
     frame_packets_dropped: int = 0  # not sent: the data channel's buffer was full (congestion)
     frames_skipped_at_sender: int = 0  # not encoded: the sender was behind the frame clock (a slow machine)
+    frames_skipped_at_receiver: int = 0  # not drawn: playout fell 2 s behind and skipped ahead (a slow decoder)
     frame_bytes_received: int = 0
     frame_packets_received: int = 0
     reference_bytes: int = 0
@@ -126,6 +127,7 @@ class CallStats:
             "frame_packets_received": t.frame_packets_received,
             "frame_packets_dropped_at_sender": t.frame_packets_dropped,
             "frames_skipped_at_sender": t.frames_skipped_at_sender,
+            "frames_skipped_at_receiver": t.frames_skipped_at_receiver,
             "key_requests": t.key_requests,
             "control_refused": t.control_refused,
             "packets_refused": t.packets_refused,
