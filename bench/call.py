@@ -26,7 +26,8 @@ def call_once(clip: str, codec: str, seconds: float, settings: dict | None = Non
     settings = settings or {}
     with PeakMemory() as memory:
         sender, receiver, reason = asyncio.run(
-            loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds, settings=settings), CallOptions())
+            loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds, settings=settings),
+                     CallOptions(settings=settings))
         )
     summary = receiver.stats.summary()
     records = receiver.stats.records[1:-1]  # whole seconds only (not the start-up and the last partial one)

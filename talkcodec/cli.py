@@ -185,8 +185,8 @@ def cmd_call(args: argparse.Namespace) -> None:
     if args.loopback:
         if not args.input:
             raise TalkcodecError("--loopback needs --input (the face to send to yourself)")
-        receiving = CallOptions(record=args.record, stats_path=args.stats, live_stats=options.live_stats,
-                                show=args.show, virtual_camera=args.virtual_camera,
+        receiving = CallOptions(settings=options.settings, record=args.record, stats_path=args.stats,
+                                live_stats=options.live_stats, show=args.show, virtual_camera=args.virtual_camera,
                                 playout_delay=args.playout_ms / 1000)  # fmt: skip
         options.record, options.stats_path, options.live_stats = None, None, False
         options.show = options.virtual_camera = False

@@ -13,9 +13,17 @@ from .errors import TalkcodecError
 
 
 def setting(default: Any, help: str, range: tuple[float, float] | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:  # fmt: skip
-    """A settings field: ``range`` bounds a number (inclusive), ``choices`` lists the allowed texts."""
-    return dataclasses.field(default=default, metadata={"help": help, "range": range, "choices": choices})
+            choices: tuple[str, ...] | None = None, receiver: bool = False) -> Any:  # fmt: skip
+    """A settings field: ``range`` bounds a number (inclusive), ``choices`` lists the allowed texts,
+    ``receiver``: the decoder reads it (a receiving peer passes it on; the sender's ride in the stream)."""
+    metadata = {"help": help, "range": range, "choices": choices, "receiver": receiver}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def receiver_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``values`` that a decoder of settings class ``cls`` reads."""
+    wanted = {f.name for f in dataclasses.fields(cls) if f.metadata.get("receiver")}
+    return {name: value for name, value in values.items() if name in wanted}
 
 
 def _kind(field: dataclasses.Field) -> tuple[str, bool]:

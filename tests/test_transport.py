@@ -43,7 +43,7 @@ def realtime(sample_video):
         pytest.skip(f"this machine runs the face front end at {fps:.0f} fps right now: too slow for a real-time call")
 
 
-def _call(sample, loss=0.0, settings=None, **receiver):
+def _call(sample, loss=0.0, settings=None, receiver_settings=None, codec="mesh", **receiver):
     async def run():
         frames = []
 
@@ -57,8 +57,8 @@ def _call(sample, loss=0.0, settings=None, **receiver):
                     return
 
         use_loopback_only()
-        a, b = Peer(CallOptions(input=str(sample), seconds=SECONDS, loss=loss, settings=settings or {})), Peer(
-            CallOptions(**{"playout_delay": PLAYOUT_S, **receiver}))
+        a, b = Peer(CallOptions(input=str(sample), codec=codec, seconds=SECONDS, loss=loss, settings=settings or {})), Peer(
+            CallOptions(**{"playout_delay": PLAYOUT_S, "settings": receiver_settings or {}, **receiver}))
         await a.pc.setRemoteDescription(await b.answer(await a.offer()))
         watcher = asyncio.ensure_future(watch(b.receiver.track))
         reasons = await asyncio.gather(a.run(), b.run())
@@ -217,3 +217,39 @@ def test_a_sender_behind_the_frame_clock_skips_frames_and_says_so(sample_video, 
     assert elapsed < 3.0 + 1.0  # the clock's pace, not the encoder's (75 frames at 12 fps would take 6 s)
     assert 20 < skipped < 60 and len(seqs) + skipped == 75 and seqs == sorted(set(seqs)) and seqs[-1] >= 70
     assert "cannot encode mesh at 25 fps" in caplog.text
+
+
+@pytest.mark.parametrize("codec", ["mesh", "apb"])
+def test_the_receiver_passes_its_codecs_receiver_settings_to_the_decoder(codec, sample_video, tiny_weights, tmp_path):
+    """Settings the decoder reads (weights, refine, mouth_fill...) reach it; the sender's own
+    (precision, key_interval...) travel in the stream and are left out."""
+    from talkcodec.transport.peer import FaceReceiver
+
+    import talkcodec
+    from talkcodec.video import read_frames
+
+    weights = str(tiny_weights("apb", tmp_path / "apb.safetensors"))
+    settings = {"mesh": {"mouth_fill": False, "precision": 2.0},
+                "apb": {"weights": weights, "refine": True, "precision": 2.0}}[codec]  # fmt: skip
+    encoder = talkcodec.get_codec(codec, **settings).encoder(fps=25)
+    packets = encoder.encode(next(iter(read_frames(sample_video, fps=25))))
+    encoder.close()
+    receiver = FaceReceiver(settings={**settings, "key_interval": 5})
+    receiver.on_message(packets[0].to_bytes())
+    receiver._pool.shutdown(wait=True)
+    assert receiver.failure is None
+    got = receiver._decoder.codec.settings
+    assert got.precision == 1.0 and got.key_interval != 5  # sender-side: not the decoder's business
+    if codec == "mesh":
+        assert got.mouth_fill is False
+    else:
+        assert got.refine is True and got.weights == weights
+
+
+@pytest.mark.flaky(reruns=2)
+def test_a_loopback_apb_call_with_refine_and_other_weights_draws_with_them(realtime, sample_video, tiny_weights, tmp_path):
+    weights = str(tiny_weights("apb", tmp_path / "apb.safetensors"))
+    settings = {"weights": weights, "refine": True}
+    _, b, reason, _ = _call(sample_video, codec="apb", settings=settings, receiver_settings=settings)
+    assert reason == "the other side's input ended" and b.receiver.failure is None
+    assert b.receiver._decoder.codec.settings.refine is True and b.stats.total.frames_shown > SECONDS * 25 / 2

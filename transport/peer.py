@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from talkcodec.audio import OPUS_RATE
+from talkcodec.audio import OPUS_RATE, log_mel
 from talkcodec.errors import PacketError, TalkcodecError
 from talkcodec.packet import Packet, PacketKind
-from talkcodec.registry import get_codec, import_codecs
+from talkcodec.registry import codec_class, get_codec, import_codecs
+from talkcodec.settings import receiver_settings
 from talkcodec.video import Mp4Writer, read_frames
 
 from . import control
@@ -223,13 +224,16 @@ class FaceReceiver:
                  settings: dict | None = None):  # fmt: skip
         self.stats = stats or CallStats()
         self.playout_delay, self.vanish_after = playout_delay, vanish_after
-        self.settings = {k: v for k, v in (settings or {}).items() if k in ("weights", "device")}  # receiver-side settings
+        self.settings = dict(settings or {})  # the decoder gets those its codec marks as receiver settings
         import_codecs()  # a first import mid-call would stall the event loop
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talkcodec-decode")
+        # The audio-driven decoders' mel features import librosa on first use (seconds on 2 cores):
+        # done on the decode thread while the call connects, not when the first frame is due.
+        self._pool.submit(log_mel, np.zeros(OPUS_RATE // 10, np.float32))
         self.jitter = JitterBuffer()
         self.track = RegeneratedTrack()
         self.record, self.show, self.virtual_camera = record, show, virtual_camera
         self._decoder: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talkcodec-decode")
         self._t0: float | None = None
         self._fps = 25.0
         self._bye = ""  # why the other side said bye, in words; "" until it does
@@ -281,12 +285,14 @@ class FaceReceiver:
             return None  # a damaged packet is a lost packet
         if self._decoder is None:
             try:
-                self._decoder = get_codec(packet.codec, **(self.settings if packet.codec != "mesh" else {})).decoder()
+                wanted = receiver_settings(codec_class(packet.codec).Settings, self.settings)
+                self._decoder = get_codec(packet.codec, **wanted).decoder()
             except TalkcodecError as exc:  # e.g. no weights for the codec the other side speaks
                 self.abort(f"cannot decode the other side's {packet.codec} stream: {exc}")
                 return None
             # an audio-driven decoder draws a frame once lookahead_s of audio after it has arrived
             self._wait_s = max(self._wait_s, self._decoder.lookahead_s)
+            self._pool.submit(self._decoder.codec.load)  # networks now, on the decode thread, not on frame 0
         if packet.kind == PacketKind.FRAME:
             self.stats.total.frame_packets_received += 1
             self.stats.total.frame_bytes_received += len(data)

@@ -101,7 +101,8 @@ class PosedReference:
 class APBSettings(LearnedSettings):
     # Off by default: the shipped CPU-trained networks draw the mouth region blurrier than the
     # posed reference shows it (docs/MODELS.md) and decode 4x slower.
-    refine: bool = setting(False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference")
+    refine: bool = setting(False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference",
+                           receiver=True)
 
 
 @register_codec("apb")

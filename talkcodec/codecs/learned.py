@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..api import Codec
-from ..audio import AudioTimeline, MelSettings
+from ..audio import AudioTimeline, MelSettings, log_mel
 from ..device import resolve_device
 from ..errors import PacketError, WeightsError
 from ..face import CROP_SIZE, FaceObservation
@@ -37,13 +37,13 @@ from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSetting
 
 @dataclass(frozen=True)
 class LearnedSettings(StreamSettings):
-    weights: str | None = setting(None, "weights file; null = the weights shipped with talkcodec")
-    device: str = setting("cpu", "where the networks run: cpu, cuda, auto")
+    weights: str | None = setting(None, "weights file; null = the weights shipped with talkcodec", receiver=True)
+    device: str = setting("cpu", "where the networks run: cpu, cuda, auto", receiver=True)
     frames_per_packet: int | None = setting(
         None, "frames per packet; null: as many as the receiver's audio look-ahead hides anyway (3 at 25 fps)",
         (1, MAX_FRAMES_PER_PACKET))  # fmt: skip
     full_resolution_blend: bool = setting(
-        True, "receiver: the image blend warps the 256x256 reference itself (sharp), not the network-size copy")
+        True, "receiver: the image blend warps the 256x256 reference itself (sharp), not the network-size copy", receiver=True)
 
 
 def shipped_weights(codec: str) -> Path | None:
@@ -147,6 +147,8 @@ class LearnedCodec(Codec):
 
     def load(self) -> None:
         self.network  # noqa: B018 (the property builds and loads it)
+        if self.draws_with_audio:  # the mel filterbank's first use imports librosa: seconds
+            log_mel(np.zeros(self.mel.sample_rate // 10, np.float32), self.mel)
 
     @abstractmethod
     def make_network(self, config: dict[str, Any]) -> torch.nn.Module:

@@ -38,8 +38,8 @@ from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSetting
 @dataclass(frozen=True)
 class MeshSettings(StreamSettings):
     coefficients: int = setting(16, "basis coefficients per frame (expression + shape detail)", (1, MAX_COEFFICIENTS))
-    mouth_fill: bool = setting(True, "paint the mouth interior when it opens wider than in the reference")
-    model: str | None = setting(None, "path to a shape model; null = the one shipped with talkcodec")
+    mouth_fill: bool = setting(True, "paint the mouth interior when it opens wider than in the reference", receiver=True)
+    model: str | None = setting(None, "path to a shape model; null = the one shipped with talkcodec", receiver=True)
 
 
 @lru_cache(maxsize=4)
