@@ -92,17 +92,24 @@ types = st.sampled_from(["start", "bye", "alive", "key", "reference", "other"])
 messages = st.dictionaries(field_names, json_values | types, max_size=5).map(json.dumps)
 
 
+@pytest.fixture(scope="module")
+def receiver():
+    made = FaceReceiver()
+    yield made
+    made._pool.shutdown(wait=True)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=600) | messages)
-def test_any_control_text_is_a_message_or_a_control_error(text):
-    receiver = FaceReceiver()
+@given(text=st.text(max_size=600) | messages)
+def test_any_control_text_is_a_message_or_a_control_error(receiver, text):
+    refused = receiver.stats.total.control_refused
     try:
         message = control.parse(text)
     except control.ControlError:
-        assert receiver.on_message(text) is None and receiver.stats.total.control_refused == 1
+        assert receiver.on_message(text) is None and receiver.stats.total.control_refused == refused + 1
         return
     assert isinstance(message, control.Message)
-    assert receiver.on_message(text) == message and receiver.stats.total.control_refused == 0
+    assert receiver.on_message(text) == message and receiver.stats.total.control_refused == refused
 
 
 def test_the_sender_honours_one_reference_request_a_second(sample_video, monkeypatch):
