@@ -165,9 +165,10 @@ def decode_file(
     """Decode a .tkc file to an mp4 (H.264 + AAC). Past damage, decoding resumes at the next
     intact record (the frames in between are held, and so is every frame until the next key);
     ``stats.damage`` says where the first damage was and ``stats.damaged_records`` how many
-    stretches were skipped. A file cut short decodes up to its last whole record. Frames the file does not
-    carry (gaps in the frame numbers) are held, at most ``MAX_GAP_S`` in one gap and, in all,
-    ``MAX_GAP_S`` more than the frames it carries: a small file cannot make a long video. ``compose(frame_index,
+    stretches were skipped. A file cut short decodes up to its last whole record. Frames the
+    file does not carry (gaps in the frame numbers) are held, at most ``MAX_GAP_S`` in one gap
+    and, in all, ``MAX_GAP_S`` more than the frames it carries: a small file cannot make a long
+    video (``stats.stopped`` then says why it stopped). ``compose(frame_index,
     image)`` may replace each output image (the demo puts the original beside the decoded face).
     ``settings`` go to the codec (e.g. ``weights`` for the learned codecs)."""
     start = time.perf_counter()

@@ -41,7 +41,8 @@ def accepted(field: dataclasses.Field) -> str:
     elif kind == "bool":
         text = "true or false"
     elif kind in ("int", "float"):
-        text = ("an integer" if kind == "int" else "a number") + (f" in {low_high[0]:g}..{low_high[1]:g}" if low_high else "")
+        text = "an integer" if kind == "int" else "a number"
+        text += f" in {low_high[0]:g}..{low_high[1]:g}" if low_high else ""
     else:
         text = "a text"
     return text + (" (or null)" if optional else "")
@@ -59,7 +60,8 @@ def _check(codec: str, field: dataclasses.Field, value: Any) -> Any:
             raise fail
         return value
     if kind in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, int | float) or (kind == "int" and not isinstance(value, int)):
+        wrong_type = isinstance(value, bool) or not isinstance(value, int if kind == "int" else int | float)
+        if wrong_type:
             raise fail
         low_high = field.metadata.get("range")
         if not math.isfinite(value) or (low_high and not low_high[0] <= value <= low_high[1]):

@@ -305,8 +305,9 @@ class FaceReceiver:
             # when frame 0 would have arrived; the sender's t0 is only used for latency figures.
             if self._t0 is not None:  # the frame rate is known
                 self._local_t0 = min(self._local_t0, arrived - packet.last_seq / self._fps)
-            if not self.jitter.push(packet):
-                self.stats.total.packets_refused += 1
+            refused = self.jitter.refused
+            self.jitter.push(packet)  # a late or duplicate packet is dropped there, not refused
+            self.stats.total.packets_refused += self.jitter.refused - refused
         elif self._references_pending >= MAX_PENDING_REFERENCES:  # a flood: the decoder cannot keep up
             self.stats.total.packets_refused += 1
         else:
