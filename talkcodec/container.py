@@ -136,7 +136,6 @@ class TkcReader:
             raise
         self.damage: str | None = None  # the first damaged or cut record of the last read, if any
         self.damaged_records = 0  # damaged stretches skipped (or, the last one, where reading stopped)
-        self.skipped_bytes = 0  # bytes passed over to reach the next intact record
         self._resync_checked = 0  # bytes checksummed while looking for the next intact record
 
     def _read_header(self) -> TkcHeader:
@@ -223,10 +222,7 @@ class TkcReader:
                 return
             if isinstance(found, str):
                 self._damaged(offset, found)
-                resumed = self._resync(offset + 1)
-                if resumed is not None:
-                    self.skipped_bytes += resumed - offset
-                offset = resumed
+                offset = self._resync(offset + 1)
                 continue
             kind, body, end = found
             if kind == END:
@@ -241,7 +237,7 @@ class TkcReader:
     def read(self, start: int) -> Iterator[Packet | AudioChunk]:
         """Every intact packet and audio chunk from ``start``: damaged records (and intact records
         whose packet does not parse) are skipped and counted, reading resumes after them."""
-        self.damage, self.damaged_records, self.skipped_bytes, self._resync_checked = None, 0, 0, 0
+        self.damage, self.damaged_records, self._resync_checked = None, 0, 0
         for offset, kind, body in self._records(start):
             if kind == PACKET:
                 try:
