@@ -140,7 +140,8 @@ def _cells(codecs: list[str], kbps: list[float], weights: dict[str, str], frames
         else:
             known = ", ".join(list(CONVENTIONAL) + list(BASELINES) + list(TALKCODEC_SWEEPS))
             raise TalkcodecError(f"bench: unknown codec {codec!r}; known: {known}")
-    return cells
+    unique = {(codec, setting_label(setting)): (codec, setting) for codec, setting in cells}  # --set precision=1: one cell
+    return list(unique.values())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

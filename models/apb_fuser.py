@@ -23,18 +23,24 @@ from .config import bounded
 
 
 @dataclass
-class FuserConfig:
+class BranchConfig:
+    """The fuser's input branches: audio (phi_A), head pose (phi_H), eye blink (phi_E)."""
+
     n_mels: int = bounded(80, 8, 256)  # mel bands of the input window
     steps: int = bounded(20, 4, 200)  # mel frames per window the time convolutions are laid out for (10..80 all work)
     # one stride-2 1x3 conv along mel per entry
     audio_channels: tuple[int, ...] = bounded((72, 108, 162, 243, 256), 1, 1024, length=(1, 8))
     time_convs: int = bounded(5, 1, 16)  # convolutions across time
     hidden: int = bounded(64, 1, 1024)  # width of the pose and blink MLPs
-    latent: int = bounded(256, 1, 1024)  # size of f_A and of f_geo
-    num_landmarks: int = bounded(478, 1, 1024)  # mediapipe face mesh
+    latent: int = bounded(256, 1, 1024)  # size of f_A (and of f_geo)
     pose_scale: float = bounded(30.0, 0.001, 1000.0)  # degrees -> O(1) network input
     blink_mean: float = bounded(0.28, 0.0, 1.0)  # typical open-eye aspect ratio
     blink_scale: float = bounded(0.1, 0.001, 10.0)
+
+
+@dataclass
+class FuserConfig(BranchConfig):
+    num_landmarks: int = bounded(478, 1, 1024)  # mediapipe face mesh
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -55,14 +61,13 @@ def _time_strides(steps: int, count: int) -> list[int]:
     return strides
 
 
-class AudioAwareFuser(nn.Module):
-    """phi: (log-mel window, head pose, eye blink) -> (f_geo, landmarks)."""
+class FuserBranches(nn.Module):
+    """phi_A, phi_H, phi_E: (log-mel window, head pose, eye blink) -> their features, concatenated."""
 
     TIME_OUT = 2  # time steps left after the time convolutions (the authors' code: 2)
 
-    def __init__(self, config: FuserConfig | None = None):
+    def __init__(self, config: BranchConfig):
         super().__init__()
-        self.config = config = config or FuserConfig()
         # phi_A, part 1: per time step, 1x3 convs with stride 2 along the mel axis.
         freq_layers: list[nn.Module] = []
         freq, in_ch = config.n_mels, 1
@@ -82,10 +87,7 @@ class AudioAwareFuser(nn.Module):
         # phi_H and phi_E: three linear layers each.
         self.pose_mlp = _mlp([3, config.hidden, config.hidden, config.hidden])
         self.blink_mlp = _mlp([2, config.hidden, config.hidden, config.hidden])
-        # phi_D: three linear layers, the last without activation.
-        fused = config.latent + 2 * config.hidden
-        self.fuse = nn.Sequential(_mlp([fused, config.latent, config.latent]), nn.Linear(config.latent, config.latent))
-        self.landmark_head = nn.Linear(config.latent, 2 * config.num_landmarks)
+        self.branch_width = config.latent + 2 * config.hidden
 
     def audio_features(self, mel: torch.Tensor) -> torch.Tensor:
         """phi_A: (B, n_mels, steps) raw log-mel -> f_A (B, latent)."""
@@ -96,16 +98,32 @@ class AudioAwareFuser(nn.Module):
         x = self.time_pool(self.time_convs(x))  # (B, latent, 2)
         return self.audio_out(x.flatten(1))  # (B, latent*2) -> (B, latent)
 
+    def branches(self, config: BranchConfig, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor) -> torch.Tensor:
+        """[f_A, f_H, f_E] (B, latent + 2 * hidden) of mel (B, n_mels, steps), pose (B, 3) yaw/pitch/roll
+        in degrees and blink (B, 2) eye aspect ratios (right, left)."""
+        if mel.dim() != 3 or mel.shape[1] != config.n_mels:
+            raise ValueError(f"mel must be (B, {config.n_mels}, steps), got {tuple(mel.shape)}")
+        f_pose = self.pose_mlp(pose / config.pose_scale)
+        f_blink = self.blink_mlp((blink - config.blink_mean) / config.blink_scale)
+        return torch.cat([self.audio_features(mel), f_pose, f_blink], dim=1)
+
+
+class AudioAwareFuser(FuserBranches):
+    """phi: (log-mel window, head pose, eye blink) -> (f_geo, landmarks)."""
+
+    def __init__(self, config: FuserConfig | None = None):
+        config = config or FuserConfig()
+        super().__init__(config)
+        self.config = config
+        # phi_D: three linear layers, the last without activation.
+        self.fuse = nn.Sequential(_mlp([self.branch_width, config.latent, config.latent]), nn.Linear(config.latent, config.latent))
+        self.landmark_head = nn.Linear(config.latent, 2 * config.num_landmarks)
+
     def forward(self, mel: torch.Tensor, pose: torch.Tensor, blink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mel (B, n_mels, steps) log-mel, pose (B, 3) yaw/pitch/roll in degrees, blink (B, 2) eye aspect
         ratios (right, left) -> f_geo (B, latent), landmarks (B, L, 2) in crop coords, [-1, 1]."""
         cfg = self.config
-        if mel.dim() != 3 or mel.shape[1] != cfg.n_mels:
-            raise ValueError(f"mel must be (B, {cfg.n_mels}, steps), got {tuple(mel.shape)}")
-        f_audio = self.audio_features(mel)
-        f_pose = self.pose_mlp(pose / cfg.pose_scale)
-        f_blink = self.blink_mlp((blink - cfg.blink_mean) / cfg.blink_scale)
-        f_geo = self.fuse(torch.cat([f_audio, f_pose, f_blink], dim=1))  # eq. 2
+        f_geo = self.fuse(self.branches(cfg, mel, pose, blink))  # eq. 2
         f_geo = F.normalize(f_geo, dim=1) * math.sqrt(cfg.latent)  # unit norm per sample, O(1) entries
         landmarks = self.landmark_head(f_geo).view(-1, cfg.num_landmarks, 2)  # (B, 2L) -> (B, L, 2)
         return f_geo, landmarks

@@ -154,6 +154,13 @@ class VectorCoding:
         return VectorCoding(self.step * precision, np.rint(self.key_centre / precision),
                             np.maximum(self.key_scale / precision, 0.2), np.maximum(self.delta_scale / precision, 0.2))  # fmt: skip
 
+    def then(self, other: VectorCoding, values: int | None = None) -> VectorCoding:
+        """This vector followed by the first ``values`` (all by default) of ``other``'s."""
+        n = len(other.step) if values is None else values
+        return VectorCoding(np.concatenate([self.step, other.step[:n]]), np.concatenate([self.key_centre, other.key_centre[:n]]),
+                            np.concatenate([self.key_scale, other.key_scale[:n]]),
+                            np.concatenate([self.delta_scale, other.delta_scale[:, :n]], axis=1))  # fmt: skip
+
     def to_arrays(self, prefix: str = "coding.") -> dict[str, np.ndarray]:
         return {prefix + k: getattr(self, k).astype(np.float32) for k in ("step", "key_centre", "key_scale", "delta_scale")}
 

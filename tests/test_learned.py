@@ -17,7 +17,7 @@ from talkcodec.video import read_frames
 from talkcodec.weights import load_checkpoint, load_matching, load_module, load_weights, save_checkpoint, save_weights
 
 FRAMES = 30
-DRAWS_WITH_AUDIO = {"avfr": {}, "apb": {"refine": True}}  # apb reads the audio only with its networks on
+DRAWS_WITH_AUDIO = {"avfr": {}, "apb": {"refine": True}}  # apb's networks on, over the audio-driven mouth
 
 
 @pytest.fixture(scope="module", params=["avfr", "apb"])
@@ -102,12 +102,12 @@ def test_later_frames_of_a_packet_are_drawn_when_due_with_the_audio_heard_by_the
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(later, silent[1:3]))
 
 
-def test_apb_without_refine_draws_the_posed_reference_without_audio_or_networks(tiny_weights, tmp_path, sample_video):
+def test_apb_with_the_reference_mouth_draws_the_posed_reference_without_audio_or_networks(tiny_weights, tmp_path, sample_video):
     from talkcodec.packet import decode_image, unpack
 
     path = tiny_weights("apb", tmp_path / "w.safetensors")
     wires = _encode("apb", path, sample_video)
-    codec = talkcodec.get_codec("apb", weights=str(path))
+    codec = talkcodec.get_codec("apb", weights=str(path), mouth="reference")
     decoder = codec.decoder()
     assert not decoder.uses_audio and decoder.lookahead_s == 0.0
     frames = [f for g in wires for w in g for f in decoder.decode(Packet.from_bytes(w))] + decoder.flush()

@@ -5,27 +5,36 @@ position (solvePnP's translation, cm) = 8 values per frame, quantized and range-
 delta): about 1 kbps. No network runs at the sender. The reference packet also carries the
 reference's landmarks (x, y, float16).
 
-Receiver, per frame: the reference's landmarks are moved as the canonical head moves from the
-reference's 6-DoF pose to the frame's (a rigid motion seen through the camera), each eye set
-to the frame's opening; the 256x256 reference is warped piecewise-affinely onto them ("posed
-reference", sharp). With ``refine``, the paper's networks then run over it: the audio-aware
+Receiver, per frame: with ``mouth=audio`` (the default) the mouth fuser (``models.mouth_fuser``)
+predicts the frame's mouth coefficients (``talkcodec.mouth``) from the log-mel window of the
+*received*, Opus-decoded audio, the pose, the blink and the reference's own mouth, and the
+reference's lower-face landmarks move by the difference; then all of them are moved as the
+canonical head moves from the reference's 6-DoF pose to the frame's (a rigid motion seen
+through the camera), each eye set to the frame's opening; the 256x256 reference is warped
+piecewise-affinely onto them ("posed reference", sharp) and the mouth's interior is painted
+dark where it opens wider than the reference's. With ``refine``, the paper's networks then run over it: the audio-aware
 fuser (log-mel window of the *received*, Opus-decoded audio + pose + blink) -> f_geo -> AdaConv
-reenactor -> 256x256; the audio look-ahead (``lookahead_s`` of the weights' mel settings) is
-then latency: a frame can be drawn only once that much audio after it has arrived. Why the
+reenactor -> 256x256. Whenever audio is read, its look-ahead (``lookahead_s`` of the weights'
+mel settings, 0.1 s) is latency: a frame can be drawn only once that much audio after it has
+arrived. Why the
 posed reference (the paper has none) and why ``refine`` is off by default: docs/DECISIONS.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import PacketError
+from ..audio import MelSettings
+from ..errors import PacketError, WeightsError
 from ..face import (
     CROP_SIZE,
+    INNER_LIPS,
     LEFT_EYE,
     NUM_LANDMARKS,
     RIGHT_EYE,
@@ -35,10 +44,16 @@ from ..face import (
     eye_aspect_ratio,
 )
 from ..models.apb import APBConfig, APBModel
+from ..models.mouth_fuser import MouthFuser, MouthFuserConfig
+from ..mouth import MAX_HINTS, WEIGHTS_CODEC, MouthBasis
 from ..registry import register_codec
 from ..settings import setting
-from ..warp import PiecewiseAffineWarp
-from .learned import LearnedCodec, LearnedSettings, to_image, to_tensor
+from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
+from ..quant import VectorCoding
+from ..weights import load_weights
+from .learned import LearnedCodec, LearnedSettings, build_network, to_image, to_tensor
+
+SHIPPED_MOUTH = resources.files("talkcodec") / "data" / "apb_mouth.safetensors"
 
 POSE_STEP_DEG = 0.5
 BLINK_STEP = 0.01
@@ -88,13 +103,58 @@ def posed_landmarks(landmarks: np.ndarray, head: HeadPoseEstimator, reference: n
     return moved
 
 
+@dataclass(frozen=True)
+class MouthModel:
+    """The receiver's audio -> mouth geometry: the fuser and the basis its coefficients live in."""
+
+    fuser: MouthFuser
+    basis: MouthBasis
+    hints: VectorCoding  # how the first ``MAX_HINTS`` coefficients are coded when a sender sends them
+    mel: MelSettings
+    fingerprint: str
+
+    def predict(self, mel: np.ndarray, vector: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """(K,) mouth coefficients of a frame: mel (n_mels, steps), its (8,) vector, the reference's (K,)."""
+        scale = torch.as_tensor(self.basis.scale, dtype=torch.float32)
+        v = torch.as_tensor(vector[:5], dtype=torch.float32)[None]  # (5,) -> (1, 5)
+        ref = torch.as_tensor(reference, dtype=torch.float32)[None] / scale  # (K,) -> (1, K)
+        with torch.inference_mode():
+            out = self.fuser(torch.from_numpy(mel)[None], v[:, :3], v[:, 3:], ref)[0]  # (1, K) -> (K,)
+        return (out * scale).double().numpy()
+
+
+@lru_cache(maxsize=4)
+def load_mouth_model(path: str) -> MouthModel:
+    """A mouth weights file (``talkcodec train --codec mouth``), checked like any weights file."""
+    weights = load_weights(path, WEIGHTS_CODEC)
+    try:
+        mel = MelSettings(**weights.info.get("mel", {}))
+        config = MouthFuserConfig.from_dict(weights.config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: invalid mouth model ({exc})") from None
+    fuser = build_network(lambda: MouthFuser(config), weights.tensors, path).eval()
+    basis = MouthBasis.from_tensors(weights.tensors, path)
+    try:
+        hints = VectorCoding.from_arrays({k: v.float().numpy() for k, v in weights.tensors.items()}, "hints.coding.")
+    except ValueError as exc:
+        raise WeightsError(f"{path}: invalid hint coding ({exc})") from None
+    if basis.size != config.coefficients or (config.n_mels, config.steps) != (mel.n_mels, mel.steps):
+        raise WeightsError(f"{path}: the mouth fuser does not fit its basis or its mel settings")
+    if len(hints.step) < min(MAX_HINTS, basis.size):
+        raise WeightsError(f"{path}: hint coding for {len(hints.step)} coefficients, talkcodec sends up to {MAX_HINTS}")
+    return MouthModel(fuser, basis, hints, mel, weights.fingerprint)
+
+
 @dataclass
 class PosedReference:
     """What the receiver keeps of a reference: the image, its landmarks and its own vector."""
 
     image: np.ndarray  # (256, 256, 3) uint8
-    landmarks: np.ndarray  # (478, 2) crop pixels
-    vector: np.ndarray  # (8,)
+    landmarks: np.ndarray  # (478, 3) crop pixels (z 0 in streams that sent x, y only)
+    vector: np.ndarray  # (8 + hints,)
+    mouth: np.ndarray | None = None  # (K,) its mouth coefficients; None: the mouth is not moved
+    mouth_area: float = 0.0  # of its inner lips (px^2)
+    hints: int = 0  # mouth coefficients each frame of the stream carries
 
 
 @dataclass(frozen=True)
@@ -103,19 +163,44 @@ class APBSettings(LearnedSettings):
     # posed reference shows it (docs/MODELS.md) and decode 4x slower.
     refine: bool = setting(False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference",
                            receiver=True)
+    mouth: str = setting("audio", "receiver: audio = the mouth follows the call's audio (the mouth fuser); "
+                         "reference = the reference's mouth, moved with the head only (and by hints, if sent)",
+                         choices=("audio", "reference"), receiver=True)  # fmt: skip
+    hints: int = setting(0, "sender: mouth coefficients sent a frame (jaw opening first): they win over what the "
+                         "audio predicts, for laughter, silent mouthing, noise", (0, MAX_HINTS))  # fmt: skip
+    mouth_model: str | None = setting(None, "the audio -> mouth weights (their basis codes hints); null = the shipped ones",
+                                      receiver=True)  # fmt: skip
 
 
 @register_codec("apb")
 class APBCodec(LearnedCodec):
-    """Pose + blink (+ the call's audio with ``refine``), APB2FaceV2: about 1.2 kbps; needs trained weights."""
+    """Pose + blink (+ mouth hints), APB2FaceV2; the receiver's audio drives the mouth: about 1.2 kbps."""
 
     Settings = APBSettings
     settings: APBSettings
 
     def __init__(self, **settings: Any):
+        self._mouth: MouthModel | None = None
         super().__init__(**settings)
         self.head = HeadPoseEstimator(CROP_SIZE)  # the sender's camera model, to move landmarks with the head
         self.warp = PiecewiseAffineWarp(CROP_SIZE)
+
+    @property
+    def mouth_model(self) -> MouthModel:
+        """The mouth model (fuser + basis + hint coding), loaded on first use."""
+        if self._mouth is None:
+            path = self.settings.mouth_model or str(SHIPPED_MOUTH)
+            model = load_mouth_model(path)
+            if model.mel != self.mel:
+                raise WeightsError(f"{path}: the mouth model reads {model.mel}, the {self.name} weights "
+                                   f"{self.mel}: one audio window per frame, so they must agree")  # fmt: skip
+            self._mouth = model
+        return self._mouth
+
+    def load(self) -> None:
+        super().load()
+        if self.settings.mouth == "audio":
+            self.mouth_model  # noqa: B018 (the property loads it)
 
     def make_network(self, config: dict[str, Any]) -> APBModel:
         return APBModel(APBConfig.from_dict(config))
@@ -126,35 +211,80 @@ class APBCodec(LearnedCodec):
     def vector_size(self) -> int:
         return len(CODING_STEP)
 
+    def sent_coding(self) -> VectorCoding:
+        hints = self.settings.hints
+        return self.coding.then(self.mouth_model.hints, hints) if hints else self.coding
+
+    def stream_coding(self, meta: dict[str, Any]) -> VectorCoding:
+        hints = meta.get("hints", 0)
+        if not isinstance(hints, int) or isinstance(hints, bool) or not 0 <= hints <= MAX_HINTS:
+            raise PacketError("apb reference packet with an invalid hint count")
+        if not hints:
+            return self.coding
+        if meta.get("mouth_model") != self.mouth_model.fingerprint:
+            raise WeightsError(f"this stream's mouth hints were coded with mouth model {meta.get('mouth_model')!r}, this "
+                               f"decoder has {self.mouth_model.fingerprint!r}: decode it with the sender's mouth_model")  # fmt: skip
+        return self.coding.then(self.mouth_model.hints, hints)
+
     def vector(self, observation: FaceObservation) -> np.ndarray:
         assert observation.pose is not None and observation.blink is not None and observation.position is not None
-        return pose_blink_vector(observation.pose, observation.blink, observation.position)
+        vector = pose_blink_vector(observation.pose, observation.blink, observation.position)
+        if not self.settings.hints:
+            return vector
+        assert observation.landmarks is not None
+        return np.concatenate([vector, self.mouth_model.basis.coefficients(observation.landmarks)[: self.settings.hints]])
 
     def reference_extras(self, observation: FaceObservation) -> dict[str, Any]:
         assert observation.landmarks is not None
-        return {"landmarks": observation.landmarks[:, :2].astype("<f2").tobytes()}  # (478, 2) float16
+        extras: dict[str, Any] = {"landmarks": observation.landmarks.astype("<f2").tobytes()}  # (478, 3) float16
+        if self.settings.hints:
+            extras.update(hints=self.settings.hints, mouth_model=self.mouth_model.fingerprint)
+        return extras
 
     def prepare(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any]) -> PosedReference:
         raw = meta.get("landmarks")
-        if not isinstance(raw, bytes) or len(raw) != NUM_LANDMARKS * 2 * 2:
+        if not isinstance(raw, bytes) or len(raw) not in (NUM_LANDMARKS * 2 * 2, NUM_LANDMARKS * 3 * 2):
             raise PacketError("apb reference packet with malformed landmarks")
-        landmarks = np.frombuffer(raw, dtype="<f2").reshape(NUM_LANDMARKS, 2).astype(np.float64)
+        columns = len(raw) // (NUM_LANDMARKS * 2)  # streams before the mouth model sent x, y only
+        landmarks = np.zeros((NUM_LANDMARKS, 3))
+        landmarks[:, :columns] = np.frombuffer(raw, dtype="<f2").reshape(NUM_LANDMARKS, columns)
         if not np.isfinite(landmarks).all() or np.abs(landmarks).max() > 4 * CROP_SIZE:
             raise PacketError("apb reference landmarks out of range")
         if not 1 <= vector[7] <= 1000:
             raise PacketError("apb reference head position out of range")
-        return PosedReference(image, landmarks, vector)
+        hints = len(vector) - len(CODING_STEP)  # ``stream_coding`` has checked the count
+        moves = columns == 3 and (hints or self.settings.mouth == "audio")
+        mouth = self.mouth_model.basis.coefficients(landmarks) if moves else None
+        return PosedReference(image, landmarks, vector, mouth, polygon_area(landmarks[list(INNER_LIPS), :2]), hints)
 
     @property
     def draws_with_audio(self) -> bool:
-        return self.settings.refine
+        return self.settings.refine or self.settings.mouth == "audio"
+
+    def frame_mouth(self, state: PosedReference, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray | None:
+        """(K,) the frame's mouth coefficients: the audio's prediction (or the reference's own),
+        its first ones replaced by the hints the frame carries; None: the mouth does not move."""
+        if state.mouth is None or (mel is None and not state.hints):
+            return None
+        use_audio = mel is not None and self.settings.mouth == "audio"
+        mouth = self.mouth_model.predict(mel, vector, state.mouth) if use_audio else state.mouth.copy()
+        mouth[: state.hints] = vector[len(CODING_STEP) :]
+        return mouth
 
     def render(self, state: PosedReference, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray:
         if not 1 <= vector[7] <= 1000:  # behind the camera or absurdly far: a damaged or hostile packet
             raise PacketError("apb head position out of range")
-        moved = posed_landmarks(state.landmarks, self.head, state.vector, vector)
-        posed = self.warp(state.image, state.landmarks, moved)
-        if mel is None:  # without ``refine``
+        mouthed = state.landmarks
+        mouth = self.frame_mouth(state, vector, mel)
+        if mouth is not None:
+            basis = self.mouth_model.basis
+            mouthed = state.landmarks.copy()
+            mouthed[basis.points, :2] += basis.displacement(state.landmarks, mouth - state.mouth)
+        moved = posed_landmarks(mouthed, self.head, state.vector, vector)
+        posed = self.warp(state.image, state.landmarks[:, :2], moved)
+        if mouth is not None:
+            fill_mouth(posed, moved[list(INNER_LIPS)], state.mouth_area)
+        if not self.settings.refine or mel is None:
             return posed
         network = self.network
         prepared = network.prepare(to_tensor(posed, network.config.size, self.device), self.full_resolution(posed))

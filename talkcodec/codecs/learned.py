@@ -12,6 +12,7 @@ stream instead of drawing nonsense. Subclasses say how a face observation become
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -67,6 +68,22 @@ def _load_current(path: str, codec: str) -> Weights:
     return _load(path, codec, stat.st_mtime_ns, stat.st_size)
 
 
+def build_network(make: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor], source: str,
+                  prefix: str = "model.") -> torch.nn.Module:  # fmt: skip
+    """``make()`` loaded from ``tensors[prefix + name]``; its size is counted on the meta device
+    first (a hostile config must not allocate gigabytes); any problem is one ``WeightsError``."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in make().parameters())
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"{count} parameters is more than talkcodec allows ({MAX_PARAMETERS})")
+        network = make()
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: sizes torch cannot lay out
+        raise WeightsError(f"{source}: invalid network config ({exc})") from None
+    load_module(network, tensors, source, prefix=prefix)
+    return network
+
+
 def reference_vector(raw: Any, size: int) -> np.ndarray:
     """The reference's own vector from its packet (float16 little-endian)."""
     if not isinstance(raw, bytes) or len(raw) != 2 * size:
@@ -117,7 +134,7 @@ class LearnedCodec(Codec):
                 raise ValueError(f"coding for {self.coding.step.shape[0]} values, the codec sends {self.vector_size()}")
         except (TypeError, ValueError) as exc:
             raise WeightsError(f"{path}: invalid weights metadata ({exc})") from None
-        self.stream = VectorStream(self.coding.scaled(self.settings.precision))
+        self.stream = VectorStream(self.sent_coding().scaled(self.settings.precision))
         self.device = resolve_device(self.settings.device)
         self._network: torch.nn.Module | None = None
 
@@ -126,15 +143,7 @@ class LearnedCodec(Codec):
         """The network, built and loaded on first use (an `apb` sender never needs it)."""
         if self._network is None:
             source = self.weights.path
-            try:
-                with torch.device("meta"):  # count first: a hostile config must not allocate gigabytes
-                    count = sum(p.numel() for p in self.make_network(self.weights.config).parameters())
-                if count > MAX_PARAMETERS:
-                    raise ValueError(f"{count} parameters is more than talkcodec allows ({MAX_PARAMETERS})")
-                network = self.make_network(self.weights.config)
-            except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: sizes torch cannot lay out
-                raise WeightsError(f"{source}: invalid network config ({exc})") from None
-            load_module(network, self.weights.tensors, source, prefix="model.")
+            network = build_network(lambda: self.make_network(self.weights.config), self.weights.tensors, source)
             if self.audio_shape(network) != (self.mel.n_mels, self.mel.steps):
                 raise WeightsError(f"{source}: the network reads {self.audio_shape(network)} mel windows, "
                                    f"its mel settings make {(self.mel.n_mels, self.mel.steps)}")  # fmt: skip
@@ -161,6 +170,15 @@ class LearnedCodec(Codec):
     @abstractmethod
     def vector_size(self) -> int:
         """How many values a frame sends (checked against the weights' coding statistics)."""
+
+    def sent_coding(self) -> VectorCoding:
+        """Sender: the coding of what a frame sends (the weights' vector, or more: ``apb`` hints)."""
+        return self.coding
+
+    def stream_coding(self, meta: dict[str, Any]) -> VectorCoding:
+        """Receiver: the coding of the frames of a stream, from its reference packet's fields
+        (untrusted: ``PacketError`` when malformed)."""
+        return self.coding
 
     @abstractmethod
     def vector(self, observation: FaceObservation) -> np.ndarray:
@@ -237,17 +255,18 @@ class LearnedDecoder(StreamDecoder):
         self.audio = AudioTimeline(codec.mel)
         self.uses_audio = codec.draws_with_audio
         self.lookahead_s = codec.mel.lookahead_s if self.uses_audio else 0.0
-        self._streams: dict[float, VectorStream] = {}
+        self._streams: dict[tuple[float, int], VectorStream] = {}
 
     def push_audio(self, samples: np.ndarray, sample_rate: int) -> None:
         self.audio.push(samples, sample_rate)
 
-    def _stream(self, precision: float) -> VectorStream:
-        if precision not in self._streams:
+    def _stream(self, coding: VectorCoding, precision: float) -> VectorStream:
+        key = (precision, len(coding.step))  # a codec's stream codings differ in their length only
+        if key not in self._streams:
             if len(self._streams) >= 8:  # a stream changes precision rarely; bound what a peer can make us hold
                 self._streams.clear()
-            self._streams[precision] = VectorStream(self.learned.coding.scaled(precision))
-        return self._streams[precision]
+            self._streams[key] = VectorStream(coding.scaled(precision))
+        return self._streams[key]
 
     def read_reference(self, packet: Packet) -> _Reference:
         codec = self.learned
@@ -267,8 +286,9 @@ class LearnedDecoder(StreamDecoder):
             image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
         if not meta.get("face"):
             return _Reference(image, None)
-        vector = reference_vector(meta.get("vector"), codec.vector_size())
-        stream = self._stream(float(precision))
+        coding = codec.stream_coding(meta)
+        vector = reference_vector(meta.get("vector"), len(coding.step))
+        stream = self._stream(coding, float(precision))
         try:
             state = codec.prepare(image, vector, meta)
         except RuntimeError as exc:  # the network refused these inputs

@@ -3,7 +3,8 @@
 Per clip, one ``NAME.npz`` (no pickled objects) holding, at 25 fps:
 
 - ``jpeg`` + ``offsets``: the 256x256 face crops, JPEG at high quality, concatenated
-- ``landmarks`` (N, 478, 2) float16 crop pixels, ``face`` (N,) bool (False: no face found)
+- ``landmarks`` (N, 478, 3) float16 crop pixels (x, y and mediapipe's relative depth z), ``face`` (N,)
+  bool (False: no face found)
 - ``mask`` (N, 64, 64) uint8 person segmentation, ``pose`` (N, 3) yaw/pitch/roll degrees,
   ``blink`` (N, 2) eye aspect ratios
 - ``mel`` (80, T) float16 log-mel (10 ms hop) of the audio *after an Opus round trip*, i.e. what
@@ -28,7 +29,7 @@ from ..errors import InputError
 from ..face import CROP_SIZE, CropSettings, FaceTracker
 from ..video import probe, read_frames
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: landmarks keep z (the mouth model's canonical frame needs it)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
@@ -70,7 +71,7 @@ def _cache_clip(clip: Path, settings: CacheSettings, out: Path, progress: bool) 
             ok, jpeg = cv2.imencode(".jpg", seen.crop[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
             jpegs.append(jpeg.reshape(-1))
             face.append(seen.landmarks is not None)
-            landmarks.append(seen.landmarks[:, :2] if seen.landmarks is not None else np.zeros((478, 2), np.float32))
+            landmarks.append(seen.landmarks if seen.landmarks is not None else np.zeros((478, 3), np.float32))
             mask = seen.mask if seen.mask is not None else np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
             masks.append(cv2.resize(mask, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA))
             poses.append(seen.pose if seen.pose is not None else np.zeros(3, np.float32))

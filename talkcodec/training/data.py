@@ -47,7 +47,10 @@ class ClipFrames:
             arrays = {k: data[k] for k in data.files}
         self.name = Path(path).stem
         self.jpeg, self.offsets = arrays["jpeg"], arrays["offsets"]
-        self.landmarks = arrays["landmarks"].astype(np.float32)  # (N, 478, 2) crop px
+        self.landmarks3d = arrays["landmarks"].astype(np.float32)  # (N, 478, 3) crop px, z relative
+        if self.landmarks3d.ndim != 3 or self.landmarks3d.shape[1:] != (478, 3):
+            raise InputError(f"{path}: landmarks of shape {self.landmarks3d.shape[1:]}, expected (478, 3); rebuild the cache")
+        self.landmarks = self.landmarks3d[:, :, :2]  # (N, 478, 2)
         self.face, self.mask = arrays["face"], arrays["mask"]  # (N,), (N, 64, 64)
         self.pose, self.blink = arrays["pose"], arrays["blink"]  # (N, 3), (N, 2)
         self.mel, self.has_audio = arrays["mel"].astype(np.float32), bool(arrays["has_audio"])  # (80, T)
