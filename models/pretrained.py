@@ -73,6 +73,10 @@ class LPIPSAlex(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x, y: (B, 3, H, W) RGB in [-1, 1] -> (B,) distances."""
+        return self.distance(x, y)
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``forward`` with gradients (a training loss)."""
         total = x.new_zeros(x.shape[0])
         for a, b, lin in zip(self.features(x), self.features(y), self.lins):
             a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)

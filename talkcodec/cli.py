@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.trainer import train
 
     settings = parse_settings(args.set)
-    if args.codec == "mouth":
+    if args.codec in ("mouth", "painter"):
         return _train_mouth(args, settings)
     for key, value in (("codec", args.codec), ("model", args.model), ("epochs", args.epochs),
                        ("steps_per_epoch", args.steps), ("batch_size", args.batch)):  # fmt: skip
@@ -133,11 +133,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _train_mouth(args: argparse.Namespace, settings: dict) -> None:
+    """The mouth models (apb's audio -> mouth fuser, the mouth painter): minutes from a clip cache."""
     from .training.cache import CacheSettings, build_cache
-    from .training.mouth import train_mouth
 
     if args.resume or args.model or args.epochs or args.batch:
-        raise TalkcodecError("the mouth model takes --steps, --minutes and --set (it trains in minutes, no --resume)")
+        raise TalkcodecError(f"the {args.codec} model takes --steps, --minutes and --set (it trains in minutes, no --resume)")
     if args.steps is not None:
         settings["steps"] = args.steps
     cache = Path(args.cache) if args.cache else Path(args.out) / "cache"
@@ -145,10 +145,19 @@ def _train_mouth(args: argparse.Namespace, settings: dict) -> None:
         build_cache(list(args.data), cache, CacheSettings(), not args.quiet)
     elif not cache.is_dir():
         raise TalkcodecError("--data is required (clip files or folders), or --cache with a built cache")
-    info = train_mouth(args.out, settings, cache, args.minutes, not args.quiet)
-    unseen = info["validation"]["unseen"]
-    print(f"{args.out}: step {info['step']}, people never trained on: lip-sync {unseen['lip_sync']}, "
-          f"mouth landmarks {unseen['mouth_landmark']}")
+    if args.codec == "painter":
+        from .training.painter import train_painter
+
+        unseen = train_painter(args.out, settings, cache, args.minutes, not args.quiet)["validation"]["unseen"]
+        print(f"{args.out}: people never trained on, mouth-crop LPIPS: painter {unseen['painter_lpips']:.4f}, "
+              f"dark fill {unseen['dark_lpips']:.4f}, warp alone {unseen['warp_lpips']:.4f}")
+        print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set painter=...)")
+        return
+    from .training.mouth import train_mouth
+
+    unseen = train_mouth(args.out, settings, cache, args.minutes, not args.quiet)["validation"]["unseen"]
+    print(f"{args.out}: people never trained on: lip-sync {unseen['lip_sync']:.3f}, "
+          f"mouth landmarks {unseen['mouth_landmark']:.4f}")
     print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set mouth_model=...)")
 
 
@@ -340,16 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(p)
     p.set_defaults(run=cmd_bench)
 
-    p = sub.add_parser("train", help="train a learned codec (avfr, apb) or apb's mouth model on talking-head clips")
-    p.add_argument("--codec", choices=["avfr", "apb", "mouth"],
-                   help="which codec's networks to train (mouth: apb's audio -> mouth model)")
+    p = sub.add_parser("train", help="train a learned codec (avfr, apb) or a mouth model on talking-head clips")
+    p.add_argument("--codec", choices=["avfr", "apb", "mouth", "painter"],
+                   help="which networks to train (mouth: apb's audio -> mouth model; painter: the mouth painter)")
     p.add_argument("--data", nargs="+", metavar="CLIPS", help="video files or folders (preprocessed once into the cache)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoint, weights, samples, curves")
     p.add_argument("--cache", metavar="DIR", help="preprocessed-clip cache (default RUN_DIR/cache); share it between runs")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--model", choices=["tiny", "small", "paper"], help="network size (default small: CPU-trainable)")
     p.add_argument("--epochs", type=int, help="epochs to train to (default 10)")
-    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100; mouth: in all, default 1500)")
+    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100; mouth, painter: in all, default 1500, 400)")
     p.add_argument("--batch", type=int, help="batch size (default 8)")
     p.add_argument("--minutes", type=float, help="stop after this long, with a checkpoint to --resume from")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

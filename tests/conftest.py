@@ -46,6 +46,20 @@ def real_clips() -> Path:
 
 
 @pytest.fixture(scope="session")
+def training_cache(tmp_path_factory, sample_video):
+    """(folder, summary): the first 2 s of the sample preprocessed into a training cache."""
+    from talkcodec.training.cache import CacheSettings, build_cache
+
+    folder = tmp_path_factory.mktemp("cache")
+    return folder, build_cache([sample_video], folder, CacheSettings(max_seconds=2.0), progress=False)
+
+
+@pytest.fixture(scope="session")
+def cache_folder(training_cache):
+    return training_cache[0]
+
+
+@pytest.fixture(scope="session")
 def moving_face(astronaut_frame):
     """Two seconds of the astronaut sliding and zooming a little, 256x256 at 25 fps."""
     base = cv2.resize(astronaut_frame, (256, 256))

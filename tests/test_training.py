@@ -19,10 +19,8 @@ SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, sample_video):
-    folder = tmp_path_factory.mktemp("cache")
-    summary = build_cache([sample_video], folder, CacheSettings(max_seconds=SECONDS), progress=False)
-    return folder, summary
+def cache(training_cache):
+    return training_cache
 
 
 def test_cache_holds_crops_landmarks_and_opus_mel(cache, sample_video):

@@ -229,7 +229,7 @@ def test_the_receiver_passes_its_codecs_receiver_settings_to_the_decoder(codec, 
     from talkcodec.video import read_frames
 
     weights = str(tiny_weights("apb", tmp_path / "apb.safetensors"))
-    settings = {"mesh": {"mouth_fill": False, "precision": 2.0},
+    settings = {"mesh": {"mouth_fill": "off", "precision": 2.0},
                 "apb": {"weights": weights, "refine": True, "precision": 2.0}}[codec]  # fmt: skip
     encoder = talkcodec.get_codec(codec, **settings).encoder(fps=25)
     packets = encoder.encode(next(iter(read_frames(sample_video, fps=25))))
@@ -241,7 +241,7 @@ def test_the_receiver_passes_its_codecs_receiver_settings_to_the_decoder(codec, 
     got = receiver._decoder.codec.settings
     assert got.precision == 1.0 and got.key_interval != 5  # sender-side: not the decoder's business
     if codec == "mesh":
-        assert got.mouth_fill is False
+        assert got.mouth_fill == "off"
     else:
         assert got.refine is True and got.weights == weights
 

@@ -23,7 +23,7 @@ posed reference (the paper has none) and why ``refine`` is off by default: docs/
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -48,6 +48,7 @@ from ..models.mouth_fuser import MouthFuser, MouthFuserConfig
 from ..mouth import MAX_HINTS, WEIGHTS_CODEC, MouthBasis
 from ..registry import register_codec
 from ..settings import setting
+from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, Painter, receiver_painter
 from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
 from ..quant import VectorCoding
 from ..weights import load_weights
@@ -170,6 +171,8 @@ class APBSettings(LearnedSettings):
                          "audio predicts, for laughter, silent mouthing, noise", (0, MAX_HINTS))  # fmt: skip
     mouth_model: str | None = setting(None, "the audio -> mouth weights (their basis codes hints); null = the shipped ones",
                                       receiver=True)  # fmt: skip
+    mouth_fill: str = setting("painter", MOUTH_FILL_HELP, choices=MOUTH_FILLS, receiver=True)
+    painter: str | None = setting(None, "mouth painter weights; null = the ones shipped with talkcodec", receiver=True)
 
 
 @register_codec("apb")
@@ -197,10 +200,16 @@ class APBCodec(LearnedCodec):
             self._mouth = model
         return self._mouth
 
+    @cached_property
+    def painter(self) -> Painter | None:
+        """The receiver's mouth painter (None: the dark fill), loaded on first use."""
+        return receiver_painter(self.settings.mouth_fill, self.settings.painter)
+
     def load(self) -> None:
         super().load()
         if self.settings.mouth == "audio":
             self.mouth_model  # noqa: B018 (the property loads it)
+        self.painter  # noqa: B018
 
     def make_network(self, config: dict[str, Any]) -> APBModel:
         return APBModel(APBConfig.from_dict(config))
@@ -282,7 +291,9 @@ class APBCodec(LearnedCodec):
             mouthed[basis.points, :2] += basis.displacement(state.landmarks, mouth - state.mouth)
         moved = posed_landmarks(mouthed, self.head, state.vector, vector)
         posed = self.warp(state.image, state.landmarks[:, :2], moved)
-        if mouth is not None:
+        if mouth is not None and self.painter is not None:
+            self.painter.paint(posed, moved)
+        elif mouth is not None and self.settings.mouth_fill != "off":
             fill_mouth(posed, moved[list(INNER_LIPS)], state.mouth_area)
         if not self.settings.refine or mel is None:
             return posed

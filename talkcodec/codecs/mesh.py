@@ -30,6 +30,7 @@ from ..packet import Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
 from ..registry import register_codec
 from ..settings import setting
+from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, receiver_painter
 from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
 from .mesh_model import MAX_COEFFICIENTS, POSE_PARAMS, ShapeModel
 from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings
@@ -38,7 +39,8 @@ from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSetting
 @dataclass(frozen=True)
 class MeshSettings(StreamSettings):
     coefficients: int = setting(16, "basis coefficients per frame (expression + shape detail)", (1, MAX_COEFFICIENTS))
-    mouth_fill: bool = setting(True, "paint the mouth interior when it opens wider than in the reference", receiver=True)
+    mouth_fill: str = setting("painter", MOUTH_FILL_HELP, choices=MOUTH_FILLS, receiver=True)
+    painter: str | None = setting(None, "mouth painter weights; null = the ones shipped with talkcodec", receiver=True)
     model: str | None = setting(None, "path to a shape model; null = the one shipped with talkcodec", receiver=True)
 
 
@@ -108,6 +110,7 @@ class MeshDecoder(StreamDecoder):
         super().__init__(codec, reference)
         self.mesh = codec
         self.warp = PiecewiseAffineWarp(CROP_SIZE)
+        self.painter = receiver_painter(codec.settings.mouth_fill, codec.settings.painter)
         self._streams: dict[tuple[int, float], VectorStream] = {}
 
     def _stream(self, k: int, precision: float) -> VectorStream:
@@ -149,6 +152,8 @@ class MeshDecoder(StreamDecoder):
         params = reference.stream.quantizer.dequantize(symbols)
         landmarks = self.mesh.model.synthesize(params, reference.residual)  # (478, 3)
         image = self.warp(reference.image, reference.landmarks[:, :2], landmarks[:, :2])
-        if self.mesh.settings.mouth_fill:
+        if self.painter is not None:
+            self.painter.paint(image, landmarks)
+        elif self.mesh.settings.mouth_fill != "off":
             fill_mouth(image, landmarks[list(INNER_LIPS), :2], reference.mouth_area)
         return image

@@ -135,13 +135,13 @@ class StreamEncoder(Encoder):
     """Sender side shared by the codecs: the face front end, reference ids, key and reference
     requests, and when to send a new reference (first frame, moved crop, request, face found
     again, head turned ``refresh_degrees`` from the reference's). Subclasses say what a frame
-    sends. ``settings`` needs key_interval, frames_per_packet (unless given), crop,
-    refresh_degrees and reference_format / reference_quality."""
+    sends; ``frames_per_packet`` given overrides the settings' (the learned codecs pick it from
+    the audio look-ahead)."""
 
     stream: VectorStream
     key_base: np.ndarray | None = None  # what keys are coded against (None: the typical values)
 
-    def __init__(self, codec: Codec, fps: Fraction, settings: Any, segmentation: bool = False,
+    def __init__(self, codec: Codec, fps: Fraction, settings: StreamSettings, segmentation: bool = False,
                  frames_per_packet: int | None = None):  # fmt: skip
         self.codec, self.settings = codec, settings
         self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=segmentation)
