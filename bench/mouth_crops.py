@@ -27,8 +27,8 @@ VARIANTS = {
     "mesh, dark fill": ("mesh", {"mouth_fill": "dark"}),
     "mesh, painter": ("mesh", {}),
     "apb, ref. mouth": ("apb", {"mouth": "reference"}),
-    "apb (audio)": ("apb", {}),
-    "apb hints=3": ("apb", {"hints": 3}),
+    "apb (audio), dark": ("apb", {}),
+    "apb hints=3, painter": ("apb", {"hints": 3, "mouth_fill": "painter"}),
 }
 SIZE = 96
 

@@ -171,7 +171,9 @@ class APBSettings(LearnedSettings):
                          "audio predicts, for laughter, silent mouthing, noise", (0, MAX_HINTS))  # fmt: skip
     mouth_model: str | None = setting(None, "the audio -> mouth weights (their basis codes hints); null = the shipped ones",
                                       receiver=True)  # fmt: skip
-    mouth_fill: str = setting("painter", MOUTH_FILL_HELP, choices=MOUTH_FILLS, receiver=True)
+    # dark by default: with the painter a loopback call fell behind (1.6 s latency against 0.2 s)
+    # and the bench's lip-sync dropped 0.35 -> 0.31 (docs/MODELS.md)
+    mouth_fill: str = setting("dark", MOUTH_FILL_HELP, choices=MOUTH_FILLS, receiver=True)
     painter: str | None = setting(None, "mouth painter weights; null = the ones shipped with talkcodec", receiver=True)
 
 
