@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from .errors import WeightsError
 from .face import INNER_LIPS
 from .models.mouth_painter import MouthPainter, MouthPainterConfig
+from .warp import fill_mouth
 
 WEIGHTS_CODEC = "mouth-painter"
 EYE_CORNERS = (33, 263)
@@ -134,11 +133,6 @@ class Painter:
         paste(image, drawn, crop.mask, crop.affine)
 
 
-def shipped_painter() -> Path | None:
-    path = Path(str(resources.files("talkcodec") / "data" / "mouth_painter.safetensors"))
-    return path if path.is_file() else None
-
-
 @lru_cache(maxsize=4)
 def load_painter(path: str) -> Painter:
     """The painter in a weights file (``talkcodec train --codec painter``); WeightsError if unusable."""
@@ -154,9 +148,22 @@ def load_painter(path: str) -> Painter:
     return Painter(network.float(), weights.fingerprint)
 
 
-def receiver_painter(mode: str, path: str | None) -> Painter | None:
-    """The painter a receiver uses for ``mouth_fill=mode``: None means the dark fill (or nothing)."""
-    if mode != "painter":
-        return None
-    path = path or (str(p) if (p := shipped_painter()) else None)
-    return load_painter(path) if path else None
+class MouthFill:
+    """How a receiver draws an opening mouth (the codecs' ``mouth_fill`` setting): ``painter``
+    (the weights at ``painter_path``, else the shipped ones, else the dark fill), ``dark``
+    (``warp.fill_mouth``: flat dark where it opens wider than the reference's) or ``off``."""
+
+    def __init__(self, mode: str, painter_path: str | None = None):
+        from .codecs.learned import shipped_weights
+
+        self.mode = mode
+        path = (painter_path or shipped_weights("mouth_painter")) if mode == "painter" else None
+        self.painter = load_painter(str(path)) if path else None
+
+    def draw(self, image: np.ndarray, landmarks: np.ndarray, reference_area: float) -> None:
+        """Draw the mouth of the warped ``image`` in place; ``landmarks`` (478, 2+) are the ones it
+        was warped to, ``reference_area`` the reference's inner-lip area (px^2)."""
+        if self.painter is not None:
+            self.painter.paint(image, landmarks)
+        elif self.mode != "off":
+            fill_mouth(image, landmarks[list(INNER_LIPS), :2], reference_area)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -48,13 +47,11 @@ from ..models.mouth_fuser import MouthFuser, MouthFuserConfig
 from ..mouth import MAX_HINTS, WEIGHTS_CODEC, MouthBasis
 from ..registry import register_codec
 from ..settings import setting
-from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, Painter, receiver_painter
-from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
+from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
+from ..warp import PiecewiseAffineWarp, polygon_area
 from ..quant import VectorCoding
 from ..weights import load_weights
-from .learned import LearnedCodec, LearnedSettings, build_network, to_image, to_tensor
-
-SHIPPED_MOUTH = resources.files("talkcodec") / "data" / "apb_mouth.safetensors"
+from .learned import LearnedCodec, LearnedSettings, build_network, shipped_weights, to_image, to_tensor
 
 POSE_STEP_DEG = 0.5
 BLINK_STEP = 0.01
@@ -194,7 +191,11 @@ class APBCodec(LearnedCodec):
     def mouth_model(self) -> MouthModel:
         """The mouth model (fuser + basis + hint coding), loaded on first use."""
         if self._mouth is None:
-            path = self.settings.mouth_model or str(SHIPPED_MOUTH)
+            path = self.settings.mouth_model or shipped_weights("apb_mouth")
+            if path is None:
+                raise WeightsError("this installation has no mouth model: train one with `talkcodec train --codec "
+                                   "mouth` and pass mouth_model=RUN_DIR/weights.safetensors")  # fmt: skip
+            path = str(path)
             model = load_mouth_model(path)
             if model.mel != self.mel:
                 raise WeightsError(f"{path}: the mouth model reads {model.mel}, the {self.name} weights "
@@ -203,15 +204,15 @@ class APBCodec(LearnedCodec):
         return self._mouth
 
     @cached_property
-    def painter(self) -> Painter | None:
-        """The receiver's mouth painter (None: the dark fill), loaded on first use."""
-        return receiver_painter(self.settings.mouth_fill, self.settings.painter)
+    def mouth_fill(self) -> MouthFill:
+        """How the receiver draws the opening mouth (its painter loaded on first use)."""
+        return MouthFill(self.settings.mouth_fill, self.settings.painter)
 
     def load(self) -> None:
         super().load()
         if self.settings.mouth == "audio":
             self.mouth_model  # noqa: B018 (the property loads it)
-        self.painter  # noqa: B018
+        self.mouth_fill  # noqa: B018
 
     def make_network(self, config: dict[str, Any]) -> APBModel:
         return APBModel(APBConfig.from_dict(config))
@@ -293,10 +294,8 @@ class APBCodec(LearnedCodec):
             mouthed[basis.points, :2] += basis.displacement(state.landmarks, mouth - state.mouth)
         moved = posed_landmarks(mouthed, self.head, state.vector, vector)
         posed = self.warp(state.image, state.landmarks[:, :2], moved)
-        if mouth is not None and self.painter is not None:
-            self.painter.paint(posed, moved)
-        elif mouth is not None and self.settings.mouth_fill != "off":
-            fill_mouth(posed, moved[list(INNER_LIPS)], state.mouth_area)
+        if mouth is not None:
+            self.mouth_fill.draw(posed, moved, state.mouth_area)
         if not self.settings.refine or mel is None:
             return posed
         network = self.network

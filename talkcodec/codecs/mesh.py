@@ -30,8 +30,8 @@ from ..packet import Packet, decode_image, unpack
 from ..quant import VectorCoding, VectorStream
 from ..registry import register_codec
 from ..settings import setting
-from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, receiver_painter
-from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
+from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
+from ..warp import PiecewiseAffineWarp, polygon_area
 from .mesh_model import MAX_COEFFICIENTS, POSE_PARAMS, ShapeModel
 from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings
 
@@ -110,7 +110,7 @@ class MeshDecoder(StreamDecoder):
         super().__init__(codec, reference)
         self.mesh = codec
         self.warp = PiecewiseAffineWarp(CROP_SIZE)
-        self.painter = receiver_painter(codec.settings.mouth_fill, codec.settings.painter)
+        self.mouth_fill = MouthFill(codec.settings.mouth_fill, codec.settings.painter)
         self._streams: dict[tuple[int, float], VectorStream] = {}
 
     def _stream(self, k: int, precision: float) -> VectorStream:
@@ -152,8 +152,5 @@ class MeshDecoder(StreamDecoder):
         params = reference.stream.quantizer.dequantize(symbols)
         landmarks = self.mesh.model.synthesize(params, reference.residual)  # (478, 3)
         image = self.warp(reference.image, reference.landmarks[:, :2], landmarks[:, :2])
-        if self.painter is not None:
-            self.painter.paint(image, landmarks)
-        elif self.mesh.settings.mouth_fill != "off":
-            fill_mouth(image, landmarks[list(INNER_LIPS), :2], reference.mouth_area)
+        self.mouth_fill.draw(image, landmarks, reference.mouth_area)
         return image

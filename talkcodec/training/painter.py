@@ -191,7 +191,7 @@ def train_painter(run_dir: str | Path, settings: dict[str, Any], cache_dir: str 
         p.requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
-    history, step, deadline = [], 0, None if minutes is None else started + 60 * minutes
+    history, done, deadline = [], 0, None if minutes is None else started + 60 * minutes
     bar = tqdm(range(config.steps), desc="mouth painter", unit="step", disable=not progress)
     for step in bar:
         if deadline is not None and time.monotonic() > deadline:
@@ -205,13 +205,12 @@ def train_painter(run_dir: str | Path, settings: dict[str, Any], cache_dir: str 
         loss.backward()
         optimizer.step()
         schedule.step()
+        done = step + 1
         if step % 250 == 0 or step == config.steps - 1:
             history.append({"step": step, "loss": loss.item(), **evaluate(model, validation)})
             bar.set_postfix(loss=f"{loss.item():.4f}", unseen_lpips=f"{history[-1]['painter_lpips']:.4f}")
-    else:
-        step += 1
     result = {**baseline, **evaluate(model, validation)}
-    info = {"step": step, "train": dataclasses.asdict(config), "validation": {"unseen": result},
+    info = {"step": done, "train": dataclasses.asdict(config), "validation": {"unseen": result},
             "train_seconds": round(time.monotonic() - started), "trained_on": sorted({*samples.clips}),
             "held_out": list(held_out), "history": history}  # fmt: skip
     save_weights(run_dir / "weights.safetensors", WEIGHTS_CODEC, model_config.to_dict(),
