@@ -1,5 +1,6 @@
-"""Bench inputs: each video cropped ONCE to the 256x256 face crop at 25 fps (the same crop for
-every codec), from a fixed box around the first frame's face, widened to head and shoulders.
+"""Bench inputs: each video cropped ONCE to the face crop at 25 fps (the same crop for every
+codec; 256x256, or ``size``: a clip whose face is smaller in the source is refused, never
+upscaled), from a fixed box around the first frame's face, widened to head and shoulders.
 A clip is its first ``seconds``, or with ``tail`` its last fraction (the part of a training
 clip the trainer holds out, ``Split.tail``), at most ``seconds`` of it.
 
@@ -28,9 +29,9 @@ AUDIO_RATE = 16000
 @dataclass
 class Clip:
     name: str
-    frames: np.ndarray  # (T, 256, 256, 3) uint8
+    frames: np.ndarray  # (T, S, S, 3) uint8
     fps: float
-    landmarks: np.ndarray  # (T, 478, 2) of the original crop, NaN where no face
+    landmarks: np.ndarray  # (T, 478, 2) of the original crop (its pixels), NaN where no face
     audio: np.ndarray | None = None  # 16 kHz mono as a receiver hears it (after Opus), None if silent
 
 
@@ -55,8 +56,9 @@ def tail_start(path: Path, tail: float | None, fps: float = 25.0) -> int:
     return round(round(probe(path).duration * fps) * (1 - tail))
 
 
-def crop_clip(path: Path, seconds: float, fps: float = 25.0, start: int = 0) -> np.ndarray:
-    """(T, 256, 256, 3) crops of ``seconds`` from frame ``start``; ``InputError`` when no face shows."""
+def crop_clip(path: Path, seconds: float, fps: float = 25.0, start: int = 0, size: int = 256) -> np.ndarray:
+    """(T, size, size, 3) crops of ``seconds`` from frame ``start``; ``InputError`` when no face
+    shows, or when its crop is smaller than ``size`` in the source."""
     from ..face import CROP_SIZE, CropSettings, FaceTracker, crop_square, square_box
 
     frames = list(islice(read_frames(path, fps=fps, max_seconds=start / fps + seconds), start, None))
@@ -71,20 +73,23 @@ def crop_clip(path: Path, seconds: float, fps: float = 25.0, start: int = 0) -> 
                 break
     if box is None:
         raise InputError(f"{path.name}: no face in the first {FIND_FACE_S:g} s")
-    return np.stack([crop_square(f, box, CROP_SIZE) for f in frames])
+    if size > CROP_SIZE and box[2] < size:
+        raise InputError(f"{path.name}: the face crop is {box[2]:.0f} px in the source, smaller than {size} (not upscaled)")
+    return np.stack([crop_square(f, box, size) for f in frames])
 
 
-def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0, tail: float | None = None) -> Clip:
+def load_clip(path: Path, cache: Path, seconds: float, fps: float = 25.0, tail: float | None = None,
+              size: int = 256) -> Clip:  # fmt: skip
     """The clip's crops and landmarks, from the cache when they were made with the same settings."""
     from ..metrics import landmarks
 
     cache.mkdir(parents=True, exist_ok=True)
     start = tail_start(path, tail, fps)
-    stem = path.stem if tail is None else f"{path.stem}-tail{tail:g}"
+    stem = (path.stem if tail is None else f"{path.stem}-tail{tail:g}") + ("" if size == 256 else f"-{size}px")
     video, marks, meta = cache / f"{stem}.mp4", cache / f"{stem}.npy", cache / f"{stem}.json"
-    wanted = {"source": str(path.resolve()), "seconds": seconds, "fps": fps, "start": start}
+    wanted = {"source": str(path.resolve()), "seconds": seconds, "fps": fps, "start": start, "size": size}
     if not (meta.exists() and json.loads(meta.read_text()) == wanted and video.exists() and marks.exists()):
-        frames = crop_clip(path, seconds, fps, start)
+        frames = crop_clip(path, seconds, fps, start, size)
         with Mp4Writer(video, fps, (frames.shape[2], frames.shape[1]), lossless=True) as writer:
             for frame in frames:
                 writer.write(frame)

@@ -124,12 +124,12 @@ CONVENTIONAL: dict[str, Conventional] = {
 
 
 def run_talkcodec(name: str, settings: dict, frames: np.ndarray, fps: float, audio: np.ndarray | None = None) -> Coded:
-    """A talkcodec codec on pre-cropped 256x256 frames (``crop=False``: the bench's crop);
-    ``audio`` (16 kHz, as heard after Opus) goes to decoders that use it."""
+    """A talkcodec codec on pre-cropped square frames (``crop=False``: the bench's crop), drawn
+    at their size; ``audio`` (16 kHz, as heard after Opus) goes to decoders that use it."""
     from ..packet import Packet, PacketKind
     from ..registry import get_codec
 
-    codec = get_codec(name, **settings, crop=False)
+    codec = get_codec(name, **{"size": frames.shape[1], **settings}, crop=False)
     codec.load()  # networks are built before the clocks start, as a call does while it connects
     encoder, decoder = codec.encoder(fps=fps), codec.decoder()
     if decoder.uses_audio and audio is not None:

@@ -171,6 +171,11 @@ def _threads(report: dict) -> str:
     return "/".join(map(str, counts)) or "?"
 
 
+def _side(report: dict) -> str:
+    side = report["settings"].get("size", 256)
+    return f"{side}x{side}"
+
+
 def _span(settings: dict) -> str:
     """Which part of each clip was coded, in words."""
     if settings.get("tail"):
@@ -195,7 +200,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# talkcodec bench, {report['date']}",
         "",
-        f"{len(report['clips'])} clip(s), {_span(report['settings'])} at 25 fps, 256x256 face crops; "
+        f"{len(report['clips'])} clip(s), {_span(report['settings'])} at 25 fps, {_side(report)} face crops; "
         f"means over clips. kbps = frame bits over the clip (talkcodec's one-off reference image apart, "
         f"`ref kB`; amortized over a {report['settings']['call_seconds']:g} s call in results.json). "
         f"SSIM, MS-SSIM, LPIPS and landmarks on every {report['settings']['metric_stride']}. frame, PSNR and "
@@ -294,7 +299,7 @@ def plot(report: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(("where people look: " if metric in METRICS_WHERE_PEOPLE_LOOK else "whole frame: ") + label.split(" (")[0])
     axes.flat[0].legend()
-    fig.suptitle(f"talkcodec bench: {len(report['clips'])} clip(s), {_span(report['settings'])}, 256x256")
+    fig.suptitle(f"talkcodec bench: {len(report['clips'])} clip(s), {_span(report['settings'])}, {_side(report)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -315,10 +320,12 @@ def side_by_side(out: Path, report: dict, sources: dict[str, str]) -> Path | Non
     mine = min(by_codec[talk], key=lambda r: abs(r["setting"].get("precision", 1.0) - 1.0))
     theirs = min(by_codec[anchor], key=lambda r: abs(np.log(r["kbps"] / mine["kbps"])))
     settings = report["settings"]
-    clip = load_clip(Path(sources[report["clips"][0]]), out / "crops", settings["seconds"], tail=settings.get("tail"))
+    clip = load_clip(Path(sources[report["clips"][0]]), out / "crops", settings["seconds"], tail=settings.get("tail"),
+                     size=settings.get("size", 256))  # fmt: skip
     a, b = code(clip, talk, mine["setting"]), code(clip, anchor, theirs["setting"])
     path = out / "side_by_side.mp4"
-    with Mp4Writer(path, clip.fps, (256 * 3, 256)) as writer:
+    side = clip.frames.shape[1]
+    with Mp4Writer(path, clip.fps, (side * 3, side)) as writer:
         for original, x, y in zip(clip.frames, a.decoded, b.decoded):
             writer.write(np.hstack([label(original, "original"), label(x, f"{talk} {mine['kbps']:.1f} kbps"),
                                     label(y, f"{anchor} {theirs['kbps']:.1f} kbps")]))  # fmt: skip
@@ -335,7 +342,8 @@ def mouth_strip(out: Path, report: dict, sources: dict[str, str], rows: int = 6)
     from .run import code
 
     settings, name = report["settings"], report["clips"][0]
-    clip = load_clip(Path(sources[name]), out / "crops", settings["seconds"], tail=settings.get("tail"))
+    clip = load_clip(Path(sources[name]), out / "crops", settings["seconds"], tail=settings.get("tail"),
+                     size=settings.get("size", 256))  # fmt: skip
     faces = np.flatnonzero(np.isfinite(clip.landmarks).all(axis=(1, 2)))
     if len(faces) == 0:
         return None
@@ -366,6 +374,7 @@ def write_report(out: Path, results: list[dict], skipped: dict[str, str], args: 
         "machine": machine(),
         "settings": {"seconds": args.seconds, "codecs": args.codecs, "kbps": args.kbps, "anchor": args.anchor,
                      "call_seconds": args.call_seconds, "metric_stride": args.metric_stride, "tail": args.tail,
+                     "size": args.size,
                      "frames_per_packet": args.frames_per_packet},  # fmt: skip
         "clips": sorted({r["clip"] for r in ok}),
         "skipped": skipped,

@@ -89,14 +89,14 @@ def code(clip: Clip, codec: str, setting: dict[str, Any]) -> Coded:
 
 def run_cell(
     source: str, cache: str, seconds: float, codec: str, setting: dict[str, Any], call_s: float, stride: int = 1,
-    tail: float | None = None,
+    tail: float | None = None, size: int = 256,
 ) -> dict:
     """Code one clip (its last ``tail`` if given) with one codec setting and measure everything about it."""
     import torch
 
     from ..metrics import measure
 
-    clip = load_clip(Path(source), Path(cache), seconds, tail=tail)
+    clip = load_clip(Path(source), Path(cache), seconds, tail=tail, size=size)
     with PeakMemory() as memory:
         coded = code(clip, codec, setting)
     duration = len(clip.frames) / clip.fps
@@ -107,7 +107,7 @@ def run_cell(
         "kbps_with_reference": (coded.frame_bytes * 8 / 1000 / duration) + coded.reference_bytes * 8 / 1000 / call_s,
         "encode_fps": len(clip.frames) / max(coded.encode_s, 1e-9),
         "decode_fps": len(clip.frames) / max(coded.decode_s, 1e-9),
-        "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s, "tail": tail,
+        "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s, "tail": tail, "size": size,
         "frames_per_packet": coded.frames_per_packet,
     }  # fmt: skip
     result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
@@ -162,6 +162,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames-per-packet", type=int, default=None, metavar="N",
                         help="talkcodec codecs send N frames per packet: fewer bits, N-1 frames of delay "
                              "(default: each codec's own, 1 for mesh, 3 at 25 fps for avfr / apb)")  # fmt: skip
+    parser.add_argument("--size", type=int, default=256, choices=(256, 512),
+                        help="face crops of this side (default 256); at 512 clips whose face is smaller are skipped")
     parser.add_argument("--anchor", default="x264", help="BD-rate anchor (default x264)")
     parser.add_argument("--call-seconds", type=float, default=60.0, help="call length the reference is amortized over")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             if source.stem in clips:
                 raise InputError(f"{source}: another input is also named {source.stem!r}")
-            load_clip(source, cache, args.seconds, tail=args.tail)
+            load_clip(source, cache, args.seconds, tail=args.tail, size=args.size)
             clips[source.stem] = source
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             skipped[source.name] = str(exc).split("\n")[0]
@@ -215,14 +217,16 @@ def run(args: argparse.Namespace) -> dict:
             except (OSError, json.JSONDecodeError):
                 cached = None  # a cell cut short by an interruption is redone
             same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
-                    "tail": args.tail}  # fmt: skip
+                    "tail": args.tail, "size": args.size}  # fmt: skip
+            if cached is not None:
+                cached.setdefault("size", 256)  # cells from before the size setting
             recorded = codec in CONVENTIONAL or codec in BASELINES or "frames_per_packet" in (cached or {})  # older cells did not say
             recorded = recorded and "lip_sync" in (cached or {})  # cells from before the mouth metrics are redone
             if cached is not None and recorded and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)
             else:
                 todo.append((path, (str(source), str(cache), args.seconds, codec, setting, args.call_seconds,
-                                    args.metric_stride, args.tail)))  # fmt: skip
+                                    args.metric_stride, args.tail, args.size)))  # fmt: skip
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.quiet)
 
     def done(path: Path, result: dict) -> None:

@@ -40,10 +40,19 @@ class Frame:
 class Encoder(ABC):
     """Sender side. Feed it every captured frame; send what it returns, in order."""
 
-    #: What the face front end made of the last frame (its ``crop`` is what the receiver rebuilds).
+    #: What the face front end made of the last frame (landmarks in its CROP_SIZE crop).
     last_observation: FaceObservation | None = None
     #: The most frames one packet carries (frames are held back for n - 1 frame intervals).
     frames_per_packet: int = 1
+    #: The side of the picture the receiver draws (None until the first face is seen) and, when the
+    #: face in the input was smaller than the ``size`` setting asked, that setting.
+    size: int | None = None
+    capped_from: int | None = None
+
+    @property
+    def last_crop(self) -> np.ndarray | None:
+        """The last frame's face crop at the size the receiver draws it (what it rebuilds)."""
+        return None if self.last_observation is None else self.last_observation.crop
 
     @abstractmethod
     def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:

@@ -101,6 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "input": s["input"],
         "codec": s["codec"],
         "frames": s["frames"],
+        "picture": f"{s['size']}x{s['size']}" + (f" (capped: the face is smaller than {s['capped_from']} px in the input, "
+                                                 f"and is never upscaled)" if s["capped_from"] else ""),
         "frame bitrate": f"{s['frame_kbps']} kbps",
         "reference image": f"{s['reference_kb']} kB, sent once",
         "audio (Opus)": f"{s['audio_kbps']} kbps",

@@ -36,6 +36,8 @@ class DemoReport:
             "input": self.input,
             "codec": self.encoded.codec,
             "frames": self.encoded.frames,
+            "size": self.encoded.size,
+            "capped_from": self.encoded.capped_from,
             "frame_kbps": enc["frame_kbps"],
             "reference_kb": round(self.encoded.reference_bytes / 1000, 1),
             "audio_kbps": enc["audio_kbps"],

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-CROP_SIZE = 256
+CROP_SIZE = 256  # the crop landmarks are found in; every landmark a codec sends or keeps is in its pixels
+MAX_SIZE = 512  # the largest face a codec draws (its ``size`` setting): the reference grows, the frames do not
 NUM_LANDMARKS = 478  # 468 mesh points + 10 iris points (refine_landmarks=True)
 
 # Eye contours for the eye aspect ratio: (corner, top, top, corner, bottom, bottom) per eye.

@@ -111,15 +111,17 @@ def flicker(reference: np.ndarray, decoded: np.ndarray) -> float:
 
 
 def landmarks(frames: np.ndarray) -> np.ndarray:
-    """(T, 478, 2) mediapipe landmarks of a sequence of face crops; NaN where no face is found."""
-    from .face import CropSettings, FaceTracker
+    """(T, 478, 2) mediapipe landmarks of a sequence of face crops (any size), in their pixels;
+    NaN where no face is found."""
+    from .face import CROP_SIZE, CropSettings, FaceTracker
 
     out = np.full((len(frames), 478, 2), np.nan, dtype=np.float32)
     with FaceTracker(CropSettings(track=False), segmentation=False, pose=False) as tracker:
         for i, frame in enumerate(frames):
-            found = tracker.process(frame).landmarks
-            if found is not None:
-                out[i] = found[:, :2]
+            observation = tracker.process(frame)
+            if observation.landmarks is not None:
+                cx, cy, side = observation.crop_box  # the tracker's CROP_SIZE crop -> the frame's pixels
+                out[i] = observation.landmarks[:, :2] * (side / CROP_SIZE) + np.array([cx - side / 2, cy - side / 2])
     return out
 
 

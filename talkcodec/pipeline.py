@@ -48,6 +48,8 @@ class StreamStats:
     codec_seconds: float = 0.0  # inside Encoder.encode / Decoder.decode only
     damage: str | None = None  # the first damage met, if any
     stopped: str | None = None  # why decoding stopped before the end of the file, if it did
+    size: int | None = None  # the side of the drawn picture
+    capped_from: int | None = None  # the size asked, when the face in the input was smaller
 
     @property
     def duration(self) -> float:
@@ -105,12 +107,12 @@ def encode_file(
     settings_used = {**asdict(model.settings), "frames_per_packet": encoder.frames_per_packet}  # None resolved
     header = TkcHeader(
         codec, rate, audio_rate=OPUS_RATE if samples is not None else None,
+        width=model.settings.size, height=model.settings.size,  # at most: a smaller face is drawn smaller
         settings=settings_used, extra={"source": Path(source).name, "talkcodec": __version__},
     )  # fmt: skip
-    crops = None
+    crops: Mp4Writer | None = None
     audio_sent = 0  # samples given to the Opus encoder
     try:
-        crops = Mp4Writer(crops_to, rate, (256, 256), lossless=True) if crops_to else None
         with TkcWriter(output, header) as writer:
 
             def send_audio(final: bool = False) -> None:
@@ -133,8 +135,9 @@ def encode_file(
                 for packet in packets:
                     writer.write_packet(packet)
                     stats.count(packet)
-                if crops is not None and encoder.last_observation is not None:
-                    crops.write(encoder.last_observation.crop)
+                if crops_to and (crop := encoder.last_crop) is not None:
+                    crops = crops or Mp4Writer(crops_to, rate, crop.shape[1::-1], lossless=True)
+                    crops.write(crop)
                 send_audio()
                 if stats.faceless_frames == stats.frames and stats.frames >= NO_FACE_GIVE_UP_S * fps:
                     break
@@ -149,6 +152,7 @@ def encode_file(
         if crops is not None:
             crops.close()
     stats.wall_seconds = time.perf_counter() - start
+    stats.size, stats.capped_from = encoder.size, encoder.capped_from
     if stats.frames and stats.faceless_frames == stats.frames:
         Path(output).unlink(missing_ok=True)
         raise InputError(f"{source}: no face found in the first {stats.duration:.0f} s of video")

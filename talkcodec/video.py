@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from .errors import InputError
@@ -140,6 +141,11 @@ class Mp4Writer:
         return self._frames
 
     def write(self, rgb: np.ndarray) -> None:
+        """One (H, W, 3) uint8 RGB frame; one of another size than the file's is resized to it
+        (a stream whose first pictures came before its face was found)."""
+        size = (self._video.width, self._video.height)
+        if rgb.shape[1::-1] != size:
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self._frames
         self._frames += 1

@@ -45,11 +45,11 @@ from ..face import (
 from ..models.apb import APBConfig, APBModel
 from ..models.mouth_fuser import MouthFuser, MouthFuserConfig
 from ..mouth import MAX_HINTS, WEIGHTS_CODEC, MouthBasis
+from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
+from ..quant import VectorCoding
 from ..registry import register_codec
 from ..settings import setting
-from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
-from ..warp import PiecewiseAffineWarp, polygon_area
-from ..quant import VectorCoding
+from ..warp import polygon_area, warp_at
 from ..weights import load_weights
 from .learned import LearnedCodec, LearnedSettings, build_network, shipped_weights, to_image, to_tensor
 
@@ -147,8 +147,8 @@ def load_mouth_model(path: str) -> MouthModel:
 class PosedReference:
     """What the receiver keeps of a reference: the image, its landmarks and its own vector."""
 
-    image: np.ndarray  # (256, 256, 3) uint8
-    landmarks: np.ndarray  # (478, 3) crop pixels (z 0 in streams that sent x, y only)
+    image: np.ndarray  # (S, S, 3) uint8, S in CROP_SIZE..MAX_SIZE
+    landmarks: np.ndarray  # (478, 3) crop pixels (CROP_SIZE) (z 0 in streams that sent x, y only)
     vector: np.ndarray  # (8 + hints,)
     mouth: np.ndarray | None = None  # (K,) its mouth coefficients; None: the mouth is not moved
     mouth_area: float = 0.0  # of its inner lips (px^2)
@@ -185,7 +185,6 @@ class APBCodec(LearnedCodec):
         self._mouth: MouthModel | None = None
         super().__init__(**settings)
         self.head = HeadPoseEstimator(CROP_SIZE)  # the sender's camera model, to move landmarks with the head
-        self.warp = PiecewiseAffineWarp(CROP_SIZE)
 
     @property
     def mouth_model(self) -> MouthModel:
@@ -292,10 +291,12 @@ class APBCodec(LearnedCodec):
             basis = self.mouth_model.basis
             mouthed = state.landmarks.copy()
             mouthed[basis.points, :2] += basis.displacement(state.landmarks, mouth - state.mouth)
-        moved = posed_landmarks(mouthed, self.head, state.vector, vector)
-        posed = self.warp(state.image, state.landmarks[:, :2], moved)
+        moved = posed_landmarks(mouthed, self.head, state.vector, vector)  # (478, 2) crop pixels
+        size = state.image.shape[0]
+        scale = size / CROP_SIZE  # crop pixels -> the picture's
+        posed = warp_at(size)(state.image, state.landmarks[:, :2] * scale, moved * scale)
         if mouth is not None:
-            self.mouth_fill.draw(posed, moved, state.mouth_area)
+            self.mouth_fill.draw(posed, moved * scale, state.mouth_area * scale**2)
         if not self.settings.refine or mel is None:
             return posed
         network = self.network
@@ -303,4 +304,4 @@ class APBCodec(LearnedCodec):
         v = torch.as_tensor(vector[:5], dtype=torch.float32, device=self.device)[None]  # (5,) -> (1, 5)
         mel_t = torch.from_numpy(mel).to(self.device)[None]  # (n_mels, steps) -> (1, n_mels, steps)
         f_geo, _ = network.geometry(mel_t, v[:, :3], v[:, 3:])
-        return to_image(network.render(prepared, f_geo))
+        return to_image(network.render(prepared, f_geo), size)

@@ -125,10 +125,10 @@ class AVFRCodec(LearnedCodec):
         kp_source = vector_keypoints(vector, self.config.num_kp, self.device)
         with torch.inference_mode():
             features = self.network.prepare(to_tensor(image, self.config.size, self.device), self.full_resolution(image))
-        return features, kp_source
+        return features, kp_source, image.shape[0]
 
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        features, kp_source = state
+        features, kp_source, size = state
         kp_driving = vector_keypoints(vector, self.config.num_kp, self.device)
         mel_t = torch.from_numpy(mel).to(self.device)[None]  # (n_mels, steps) -> (1, n_mels, steps)
-        return to_image(self.network.animate(features, kp_source, kp_driving, mel_t)["image"])
+        return to_image(self.network.animate(features, kp_source, kp_driving, mel_t)["image"], size)

@@ -28,12 +28,12 @@ from ..api import Codec
 from ..audio import AudioTimeline, MelSettings, log_mel
 from ..device import resolve_device
 from ..errors import PacketError, WeightsError
-from ..face import CROP_SIZE, FaceObservation
-from ..packet import MAX_FRAMES_PER_PACKET, Packet, decode_image, unpack
+from ..face import FaceObservation
+from ..packet import MAX_FRAMES_PER_PACKET, Packet, unpack
 from ..quant import VectorCoding, VectorStream
 from ..settings import setting
 from ..weights import Weights, load_module, load_weights
-from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings
+from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings, reference_image
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class LearnedSettings(StreamSettings):
         None, "frames per packet; null: as many as the receiver's audio look-ahead hides anyway (3 at 25 fps)",
         (1, MAX_FRAMES_PER_PACKET))  # fmt: skip
     full_resolution_blend: bool = setting(
-        True, "receiver: the image blend warps the 256x256 reference itself (sharp), not the network-size copy", receiver=True)
+        True, "receiver: the image blend warps the full-size reference itself (sharp), not the network-size copy", receiver=True)
 
 
 def shipped_weights(codec: str) -> Path | None:
@@ -101,7 +101,7 @@ def to_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tenso
     return torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
-def to_image(tensor: torch.Tensor, size: int = CROP_SIZE) -> np.ndarray:
+def to_image(tensor: torch.Tensor, size: int) -> np.ndarray:
     """(1, 3, s, s) in [0, 1] -> (size, size, 3) uint8."""
     image = (tensor[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (3, s, s) -> (s, s, 3)
     if image.shape[0] != size:
@@ -151,8 +151,8 @@ class LearnedCodec(Codec):
         return self._network
 
     def full_resolution(self, image: np.ndarray) -> torch.Tensor | None:
-        """Receiver: the 256x256 reference the image blend warps (``full_resolution_blend``), or None."""
-        return to_tensor(image, CROP_SIZE, self.device) if self.settings.full_resolution_blend else None
+        """Receiver: the full-size (S x S) reference the image blend warps (``full_resolution_blend``), or None."""
+        return to_tensor(image, image.shape[0], self.device) if self.settings.full_resolution_blend else None
 
     def load(self) -> None:
         self.network  # noqa: B018 (the property builds and loads it)
@@ -201,7 +201,7 @@ class LearnedCodec(Codec):
 
     @abstractmethod
     def render(self, state: Any, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray:
-        """Receiver: (256, 256, 3) uint8 frame from the reference state, the vector and the
+        """Receiver: (S, S, 3) uint8 frame (S: the reference's side) from its state, the vector and the
         (n_mels, steps) log-mel window of the frame's audio (None unless ``draws_with_audio``)."""
 
     def frames_per_packet(self, fps: Fraction) -> int:
@@ -271,8 +271,7 @@ class LearnedDecoder(StreamDecoder):
     def read_reference(self, packet: Packet) -> _Reference:
         codec = self.learned
         meta = unpack(packet.payload)
-        if not isinstance(meta, dict) or not isinstance(meta.get("image"), bytes):
-            raise PacketError(f"{codec.name} reference packet without an image")
+        image = reference_image(meta, codec.name)
         if meta.get("model") != codec.weights.fingerprint:
             raise WeightsError(
                 f"this stream was made with {codec.name} weights {meta.get('model')!r}, but this decoder has "
@@ -281,9 +280,6 @@ class LearnedDecoder(StreamDecoder):
         precision = meta.get("precision")
         if not isinstance(precision, float | int) or not 0.05 <= precision <= 100:
             raise PacketError(f"{codec.name} reference packet with invalid precision")
-        image = decode_image(meta["image"])
-        if image.shape != (CROP_SIZE, CROP_SIZE, 3):
-            image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
         if not meta.get("face"):
             return _Reference(image, None)
         coding = codec.stream_coding(meta)

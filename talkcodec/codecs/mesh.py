@@ -20,20 +20,19 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-import cv2
 import numpy as np
 
 from ..api import Codec
 from ..errors import PacketError
 from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation
-from ..packet import Packet, decode_image, unpack
+from ..packet import Packet, unpack
+from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
 from ..quant import VectorCoding, VectorStream
 from ..registry import register_codec
 from ..settings import setting
-from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
-from ..warp import PiecewiseAffineWarp, polygon_area
+from ..warp import polygon_area, warp_at
 from .mesh_model import MAX_COEFFICIENTS, POSE_PARAMS, ShapeModel
-from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings
+from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSettings, reference_image
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,6 @@ class MeshDecoder(StreamDecoder):
     def __init__(self, codec: MeshCodec, reference: np.ndarray | None = None):
         super().__init__(codec, reference)
         self.mesh = codec
-        self.warp = PiecewiseAffineWarp(CROP_SIZE)
         self.mouth_fill = MouthFill(codec.settings.mouth_fill, codec.settings.painter)
         self._streams: dict[tuple[int, float], VectorStream] = {}
 
@@ -122,11 +120,7 @@ class MeshDecoder(StreamDecoder):
 
     def read_reference(self, packet: Packet) -> _Reference:
         meta = unpack(packet.payload)
-        if not isinstance(meta, dict) or not isinstance(meta.get("image"), bytes):
-            raise PacketError("mesh reference packet without an image")
-        image = decode_image(meta["image"])
-        if image.shape != (CROP_SIZE, CROP_SIZE, 3):
-            image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+        image = reference_image(meta, "mesh")
         k, precision = meta.get("k"), meta.get("precision")
         if not isinstance(k, int) or not 1 <= k <= MAX_COEFFICIENTS or not isinstance(precision, float | int):
             raise PacketError("mesh reference packet with invalid stream settings")
@@ -150,7 +144,9 @@ class MeshDecoder(StreamDecoder):
     def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
         assert isinstance(reference, _Reference) and reference.stream is not None and reference.landmarks is not None
         params = reference.stream.quantizer.dequantize(symbols)
-        landmarks = self.mesh.model.synthesize(params, reference.residual)  # (478, 3)
-        image = self.warp(reference.image, reference.landmarks[:, :2], landmarks[:, :2])
-        self.mouth_fill.draw(image, landmarks, reference.mouth_area)
+        landmarks = self.mesh.model.synthesize(params, reference.residual)  # (478, 3) crop pixels
+        size = reference.image.shape[0]
+        scale = size / CROP_SIZE  # crop pixels -> the picture's
+        image = warp_at(size)(reference.image, reference.landmarks[:, :2] * scale, landmarks[:, :2] * scale)
+        self.mouth_fill.draw(image, landmarks * scale, reference.mouth_area * scale**2)
         return image

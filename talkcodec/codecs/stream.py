@@ -14,6 +14,7 @@ reference. Codecs subclass it with how a reference packet is read and how symbol
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -22,17 +23,21 @@ from fractions import Fraction
 from functools import lru_cache, partial
 from typing import Any
 
+import cv2
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..api import Codec, Decoder, Encoder, Frame
 from ..errors import PacketError
-from ..face import CropSettings, FaceObservation, FaceTracker
-from ..packet import MAX_FRAMES_PER_PACKET, Packet, PacketKind, encode_image, pack
+from ..face import CROP_SIZE, MAX_SIZE, CropSettings, FaceObservation, FaceTracker, crop_square
+from ..packet import MAX_FRAMES_PER_PACKET, Packet, PacketKind, decode_image, encode_image, pack
 from ..quant import VectorStream
 from ..settings import setting
 
 MAX_REFERENCES = 4  # a decoder keeps the few most recent references
+SIZE_STEP = 16  # a capped size is rounded down to a multiple of this
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -60,6 +65,8 @@ class StreamSettings:
     reference_quality: int = setting(90, "the reference image's WebP/JPEG quality", (1, 100))
     refresh_degrees: float = setting(30.0, "resend the reference when the head turns this far from it", (1, 180))
     crop: bool = setting(True, "false: input frames are already square face crops (the bench's)")
+    size: int = setting(CROP_SIZE, "side of the drawn face in pixels: the reference is sent at it, the frames cost the "
+                        "same; capped at the face's own size in the input (never upscaled)", (CROP_SIZE, MAX_SIZE))
 
 
 @dataclass
@@ -148,6 +155,8 @@ class StreamEncoder(Encoder):
         self.frames_per_packet = frames_per_packet or settings.frames_per_packet
         self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, self.frames_per_packet)
         self.last_observation: FaceObservation | None = None
+        self.size = self.capped_from = None  # fixed by the stream's first reference with a face
+        self._frame: np.ndarray | None = None  # the last input frame (the sized crop is cut from it)
         self._seq, self._ref_id = 0, -1
         self._ref_angles: np.ndarray | None = None  # head angles of the current reference; None: no face in it
         self._want_reference = False
@@ -170,9 +179,39 @@ class StreamEncoder(Encoder):
     def request_reference(self) -> None:
         self._want_reference = True
 
+    def picture_size(self, observation: FaceObservation) -> int:
+        """The side the receiver draws at: the ``size`` setting, capped at the side the crop has in
+        the input (rounded down to ``SIZE_STEP``): a small face is never upscaled. Fixed by the
+        first reference that shows a face (every frame of a stream has one size)."""
+        if self.size is not None:
+            return self.size
+        native = max(CROP_SIZE, int(observation.crop_box[2]) // SIZE_STEP * SIZE_STEP)
+        size = min(self.settings.size, native)
+        if observation.landmarks is not None:
+            self.size = size
+            if size < self.settings.size:
+                self.capped_from = self.settings.size
+                log.warning("talkcodec: the face crop is %d px in this input: drawn at %d px, not the %d asked "
+                            "(a face is never upscaled)", int(observation.crop_box[2]), size, self.settings.size)  # fmt: skip
+        return size
+
+    @property
+    def last_crop(self) -> np.ndarray | None:
+        """The last frame's face crop at the stream's picture size (what the receiver draws)."""
+        observation = self.last_observation
+        if observation is None or self._frame is None:
+            return None
+        return self._sized_crop(self._frame, observation, self.picture_size(observation))
+
+    @staticmethod
+    def _sized_crop(frame: np.ndarray, observation: FaceObservation, size: int) -> np.ndarray:
+        if size == observation.crop.shape[0]:
+            return observation.crop
+        return crop_square(frame, observation.crop_box, size)
+
     def encode(self, frame: np.ndarray, audio: np.ndarray | None = None) -> list[Packet]:
         observation = self.tracker.process(frame)
-        self.last_observation = observation
+        self.last_observation, self._frame = observation, frame
         symbols = None if observation.landmarks is None else self.symbols(observation)
         angles = None if symbols is None else self.head_angles(observation, symbols)
         turned = (
@@ -185,7 +224,8 @@ class StreamEncoder(Encoder):
             packets += self.packets.flush()  # frames held back over the old reference go first
             self._ref_id = (self._ref_id + 1) % 256
             settings = self.settings
-            meta = {"image": encode_image(observation.crop, settings.reference_format, settings.reference_quality),
+            picture = self._sized_crop(frame, observation, self.picture_size(observation))
+            meta = {"image": encode_image(picture, settings.reference_format, settings.reference_quality),
                     **self.reference_meta(observation, symbols)}  # fmt: skip
             packets.append(Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id))
             self._ref_angles = angles
@@ -206,9 +246,21 @@ class StreamEncoder(Encoder):
         self.tracker.close()
 
 
+def reference_image(meta: dict[str, Any], codec: str) -> np.ndarray:
+    """The (S, S, 3) picture of a reference packet's fields: S in CROP_SIZE..MAX_SIZE as sent;
+    any other shape (untrusted) is resized to CROP_SIZE x CROP_SIZE."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("image"), bytes):
+        raise PacketError(f"{codec} reference packet without an image")
+    image = decode_image(meta["image"])
+    height, width = image.shape[:2]
+    if height != width or not CROP_SIZE <= height <= MAX_SIZE:
+        image = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    return image
+
+
 @dataclass
 class StreamReference:
-    image: np.ndarray  # (256, 256, 3) uint8 as received
+    image: np.ndarray  # (S, S, 3) uint8 as received, S in CROP_SIZE..MAX_SIZE (landmarks stay in CROP_SIZE pixels)
     stream: VectorStream | None  # how its frames are coded; None: no face in it (frames hold)
     base: np.ndarray | None = None  # the reference's own symbols, which keys are coded against
 
@@ -245,7 +297,7 @@ class StreamDecoder(Decoder):
 
     @abstractmethod
     def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
-        """The (256, 256, 3) uint8 frame ``seq`` of ``symbols`` over ``reference``."""
+        """The (S, S, 3) uint8 frame ``seq`` of ``symbols`` over ``reference`` (S: its picture's side)."""
 
     def _emit(self, image: np.ndarray | None, seq: int, concealed: bool) -> list[Frame]:
         if image is None:
