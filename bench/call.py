@@ -1,8 +1,14 @@
 """Call benchmark: a loopback call (both peers in this process, over 127.0.0.1) on a real clip,
 one per codec, reporting end-to-end latency (capture -> display, median and 95th percentile),
-received fps, kbps on the wire (frame packets, reference, Opus audio) and peak memory.
+received fps, the payload kbps (frame packets, reference, Opus audio), what crossed the network
+(``wire_*``: every datagram with its IP/UDP headers, each way, face data channels and audio
+apart; ``transport/wire.py``) and peak memory.
 
     python -m talkcodec.bench.call CLIP --seconds 60 --codecs mesh --out DIR [--set frames_per_packet=1]
+        [--audio-kbps 12 --audio-frame-ms 60]
+
+Wire rates are means over the call's whole seconds but the first two (the reference image and
+the connection's set-up go then); ``*_with_reference`` over the whole call.
 
 Peak memory is the process's resident memory above its level before the call, and so holds
 BOTH peers (sender with mediapipe, receiver with the decoder).
@@ -19,15 +25,25 @@ import numpy as np
 
 from .run import PeakMemory
 
+WIRE_KEYS = ("wire_kbps", "wire_face_kbps", "wire_audio_kbps")
 
-def call_once(clip: str, codec: str, seconds: float, settings: dict | None = None) -> dict:
+
+def steady(records: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the records of whole seconds, the first two left out."""
+    values = [r[key] for r in records[2:-1] if r.get(key) is not None]
+    return round(float(np.mean(values)), 2) if values else None
+
+
+def call_once(clip: str, codec: str, seconds: float, settings: dict | None = None, audio_kbps: float = 24,
+              audio_frame_ms: int = 20) -> dict:  # fmt: skip
     from ..transport.call import CallOptions, loopback
 
     settings = settings or {}
+    audio = {"audio_kbps": audio_kbps, "audio_frame_ms": audio_frame_ms}
     with PeakMemory() as memory:
         sender, receiver, reason = asyncio.run(
-            loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds, settings=settings),
-                     CallOptions(settings=settings))
+            loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds, settings=settings, **audio),
+                     CallOptions(settings=settings, **audio))
         )
     summary = receiver.stats.summary()
     records = receiver.stats.records[1:-1]  # whole seconds only (not the start-up and the last partial one)
@@ -41,6 +57,10 @@ def call_once(clip: str, codec: str, seconds: float, settings: dict | None = Non
         "reference_bytes": sender.stats.total.reference_bytes,
         "audio_kbps": round(sender.stats.total.audio_bytes_sent * 8 / 1000 / seconds_played, 2),
         "frames_shown": summary["frames_shown"], "frames_concealed": summary["frames_concealed"],
+        "opus_kbps_set": audio_kbps, "opus_frame_ms": audio_frame_ms,
+        **{f"{key}_sent": steady(sender.stats.records, f"{key}_sent") for key in WIRE_KEYS},  # sender -> receiver
+        **{f"{key}_back": steady(sender.stats.records, f"{key}_received") for key in WIRE_KEYS},  # receiver -> sender
+        "wire_kbps_sent_with_reference": sender.stats.summary()["wire_kbps_sent"],
         "peak_mb_both_peers": round(memory.peak_mb, 1),
     }  # fmt: skip
 
@@ -52,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codecs", default="mesh", help="comma-separated talkcodec codecs")
     parser.add_argument("--out", default="results", help="folder for call.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sender setting, e.g. frames_per_packet=1")
+    parser.add_argument("--audio-kbps", type=float, default=24.0, help="Opus bitrate (default 24)")
+    parser.add_argument("--audio-frame-ms", type=int, default=20, choices=(20, 40, 60), help="Opus packet duration")
     args = parser.parse_args(argv)
     from ..cli import parse_settings
 
     settings = parse_settings(args.set)
-    results = [call_once(args.clip, codec.strip(), args.seconds, settings) for codec in args.codecs.split(",")]
+    results = [call_once(args.clip, codec.strip(), args.seconds, settings, args.audio_kbps, args.audio_frame_ms)
+               for codec in args.codecs.split(",")]  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "call.json").write_text(json.dumps(results, indent=1))

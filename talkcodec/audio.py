@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     import torch
 
 OPUS_RATE = 48000  # libopus runs at 48 kHz
-OPUS_FRAME = 960  # 20 ms packets
+OPUS_FRAME = 960  # 20 ms packets (files; a call may send 40 or 60 ms)
+OPUS_FRAME_MS = (20, 40, 60)  # packet durations a call may use: longer packets pay fewer headers
+CALL_AUDIO_KBPS = 24  # a call's default voice bitrate: transparent for speech (12 is still clear)
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray | None:
@@ -149,15 +151,19 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 class OpusEncoder:
-    """Mono Opus at 48 kHz in 20 ms packets: push float32 samples, get (pts, bytes) packets."""
+    """Mono Opus at 48 kHz in ``frame_ms`` packets (20, 40 or 60): push float32 samples, get
+    (pts, bytes) packets."""
 
-    def __init__(self, bitrate: int = 24000, sample_rate: int = OPUS_RATE):
+    def __init__(self, bitrate: int = 24000, sample_rate: int = OPUS_RATE, frame_ms: int = 20):
+        if frame_ms not in OPUS_FRAME_MS:
+            raise ValueError(f"Opus packets of {frame_ms} ms: talkcodec sends {', '.join(map(str, OPUS_FRAME_MS))}")
         self._ctx = av.CodecContext.create("libopus", "w")
         self._ctx.sample_rate = OPUS_RATE
         self._ctx.layout = "mono"
         self._ctx.format = "s16"
         self._ctx.bit_rate = bitrate
-        self._ctx.options = {"application": "voip", "frame_duration": "20"}
+        self._ctx.options = {"application": "voip", "frame_duration": str(frame_ms)}
+        self.frame = OPUS_RATE * frame_ms // 1000  # samples a packet carries
         self._input_rate = sample_rate
         self._buffer = np.zeros(0, dtype=np.float32)
         self._pts = 0
@@ -178,16 +184,16 @@ class OpusEncoder:
         if samples is not None:
             samples = resample(samples, self._input_rate, OPUS_RATE)
             self._buffer = np.concatenate([self._buffer, samples])
-        elif self._buffer.size % OPUS_FRAME:
-            self._buffer = np.pad(self._buffer, (0, OPUS_FRAME - self._buffer.size % OPUS_FRAME))
+        elif self._buffer.size % self.frame:
+            self._buffer = np.pad(self._buffer, (0, self.frame - self._buffer.size % self.frame))
         out: list[tuple[int, bytes]] = []
-        while self._buffer.size >= OPUS_FRAME:
-            block, self._buffer = self._buffer[:OPUS_FRAME], self._buffer[OPUS_FRAME:]
+        while self._buffer.size >= self.frame:
+            block, self._buffer = self._buffer[:self.frame], self._buffer[self.frame:]
             pcm = (np.clip(block, -1, 1) * 32767).astype(np.int16)[None, :]
             frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
             frame.sample_rate = OPUS_RATE
             frame.pts = self._pts
-            self._pts += OPUS_FRAME
+            self._pts += self.frame
             out += self._packets(frame)
         if samples is None:
             out += self._packets(None)

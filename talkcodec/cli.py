@@ -46,7 +46,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     stats = encode_file(args.input, output, args.codec, parse_settings(args.set), fps=args.fps,
                         max_seconds=args.seconds, audio=not args.no_audio, progress=not args.quiet)  # fmt: skip
     s = stats.summary()
-    print(f"{output}: {s['frames']} frames, {s['duration_s']} s, frames {s['frame_kbps']} kbps, "
+    print(f"{output}: {s['frames']} frames of {s['size']}x{s['size']}, {s['duration_s']} s, frames {s['frame_kbps']} kbps, "
           f"reference {stats.reference_bytes} bytes, audio {s['audio_kbps']} kbps, "
           f"{s['faceless_frames']} frames without a face, encoder {s['codec_fps']} fps")  # fmt: skip
 
@@ -203,6 +203,8 @@ def cmd_call(args: argparse.Namespace) -> None:
 
     if not 0 < args.playout_ms <= 5000:
         raise TalkcodecError("--playout-ms must be in (0, 5000]")
+    if not 6 <= args.audio_kbps <= 128:
+        raise TalkcodecError(f"--audio-kbps must be in 6..128 (Opus for speech), got {args.audio_kbps:g}")
     if args.virtual_camera:
         try:
             import pyvirtualcam  # noqa: F401
@@ -213,7 +215,7 @@ def cmd_call(args: argparse.Namespace) -> None:
         input=args.input, codec=args.codec, settings=parse_settings(args.set), loop=args.loop, seconds=args.seconds,
         record=args.record, stats_path=args.stats, live_stats=args.stats is not None and not args.quiet,
         show=args.show, virtual_camera=args.virtual_camera, loss=args.loss, stun=args.stun,
-        playout_delay=args.playout_ms / 1000,
+        playout_delay=args.playout_ms / 1000, audio_kbps=args.audio_kbps, audio_frame_ms=args.audio_frame_ms,
     )  # fmt: skip
     if args.loopback:
         if not args.input:
@@ -320,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_demo)
 
+    from .audio import CALL_AUDIO_KBPS, OPUS_FRAME_MS
+
     p = sub.add_parser("call", help="a live call over WebRTC (aiortc): send your face, see theirs")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--listen", type=int, metavar="PORT", help="wait for a call on this TCP port (signaling)")
@@ -341,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--playout-ms", type=float, default=120.0, metavar="MS",
                    help="show frames this long after capture: a deeper jitter buffer for bad links or busy machines "
                         "(default 120; longer by itself when a frame's data comes later, e.g. the audio look-ahead)")
+    p.add_argument("--audio-kbps", type=float, default=CALL_AUDIO_KBPS, metavar="KBPS",
+                   help=f"the voice's Opus bitrate (default {CALL_AUDIO_KBPS}; 12 is still clear speech)")
+    p.add_argument("--audio-frame-ms", type=int, default=20, choices=OPUS_FRAME_MS,
+                   help="Opus packet duration: 60 pays a third of 20's packet headers on the wire, and the voice "
+                        "arrives 40 ms later (default 20)")  # fmt: skip
     p.add_argument("--loss", type=float, default=0.0, help=argparse.SUPPRESS)  # testing: drop this share of frame packets
     common(p)
     p.set_defaults(run=cmd_call)

@@ -9,7 +9,7 @@ Layout (all of it documented in docs/FORMAT.md)::
     FRAME delta:  varint key_distance (the key it depends on is seq - key_distance)
     FRAME, frames bit set: varint n (2..64): the packet carries frames seq .. seq + n - 1
     REFERENCE:    u8 ref_id
-    CONTROL:      nothing
+    kinds 2, 3:   reserved (control messages are typed JSON on their own channel: transport/control.py)
     payload   the rest; zstd-compressed (with the codec's dictionary, if it ships one) when the
               zstd bit is set. ``to_bytes`` picks whichever of raw and zstd is smaller.
 
@@ -49,7 +49,6 @@ _dictionaries: dict[int, zstandard.ZstdCompressionDict] = {}
 class PacketKind(enum.IntEnum):
     FRAME = 0
     REFERENCE = 1
-    CONTROL = 2
 
 
 def register_dictionary(codec_id: int, dictionary: bytes) -> None:

@@ -32,6 +32,20 @@ def noface_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def large_video(tmp_path_factory: pytest.TempPathFactory, sample_video) -> Path:
+    """The sample 3x larger (960x960, its 204 px face crop now 612 px): 3 s with its audio."""
+    from talkcodec.audio import load_audio
+    from talkcodec.video import read_frames
+
+    path = tmp_path_factory.mktemp("videos") / "large.mp4"
+    with Mp4Writer(path, 25, (960, 960), sample_rate=48000) as writer:
+        for frame in read_frames(sample_video, fps=25, max_seconds=3.0):
+            writer.write(cv2.resize(frame, (960, 960), interpolation=cv2.INTER_CUBIC))
+        writer.write_audio(load_audio(sample_video, 48000, 3.0))
+    return path
+
+
+@pytest.fixture(scope="session")
 def astronaut_frame() -> np.ndarray:
     from skimage.data import astronaut
 

@@ -49,20 +49,28 @@ def test_mel_windows_pad_past_the_ends():
     assert np.isfinite(windows).all()
 
 
-def test_opus_roundtrip_keeps_a_tone():
+@pytest.mark.parametrize(("kbps", "frame_ms"), [(24, 20), (12, 40), (12, 60)])
+def test_opus_roundtrip_keeps_a_tone(kbps, frame_ms):
     rate = 16000
     t = np.arange(rate) / rate
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    encoder = OpusEncoder(sample_rate=rate)
+    encoder = OpusEncoder(kbps * 1000, rate, frame_ms)
     packets = encoder.encode(tone) + encoder.encode(None)
-    assert [p for p, _ in packets] == [i * 960 for i in range(len(packets))]
+    step = 48 * frame_ms
+    assert [p for p, _ in packets] == [i * step for i in range(len(packets))]
+    assert -(-48000 // step) <= len(packets) <= -(-48000 // step) + 1  # one per frame_ms (+ the flushed priming)
     decoder = OpusDecoder()
     out = np.concatenate([decoder.decode(data) for _, data in packets])
     reference = resample(tone, rate, 48000)
     lag = 312  # libopus priming
     a, b = out[lag + 4800 : lag + 40000], reference[4800:40000]
     assert np.corrcoef(a, b)[0, 1] > 0.9
-    assert sum(len(d) for _, d in packets) * 8 / 1000 < 40  # ~24 kbps for one second
+    assert sum(len(d) for _, d in packets) * 8 / 1000 < 1.6 * kbps  # ~kbps for one second
+
+
+def test_opus_packets_are_20_40_or_60_ms():
+    with pytest.raises(ValueError, match="20, 40, 60"):
+        OpusEncoder(frame_ms=30)
 
 
 def test_damaged_opus_packet_is_silence():

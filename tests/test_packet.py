@@ -30,8 +30,15 @@ EXAMPLES = [
     Packet(MESH, PacketKind.FRAME, 48, b"\x05" * 20, key=True, ref_id=1, fps=Fraction(25), frames=4),
     Packet(MESH, PacketKind.FRAME, 52, b"\x07" * 12, key_distance=4, frames=64),
     Packet(MESH, PacketKind.REFERENCE, 3, b"x" * 5000, ref_id=255),
-    Packet(MESH, PacketKind.CONTROL, 9, pack({"request": "key"})),
 ]
+
+
+@pytest.mark.parametrize("kind", [2, 3])
+def test_the_reserved_packet_kinds_are_refused(kind):
+    wire = bytearray(Packet(MESH, PacketKind.REFERENCE, 3, b"x", ref_id=1).to_bytes())
+    wire[0] = (wire[0] & ~0b11000) | (kind << 3)
+    with pytest.raises(PacketError, match=f"unknown packet kind {kind}"):
+        Packet.from_bytes(bytes(wire))
 
 
 @pytest.mark.parametrize("packet", EXAMPLES, ids=lambda p: f"{p.kind.name}-{p.seq}")
@@ -99,7 +106,7 @@ def test_unknown_codec_id_is_named():
     "data, message",
     [
         (b"", "too short"),
-        (bytes([0x20 | (2 << 3) | 0b10, 1, 0]) + b"not zstd", "zstd"),
+        (bytes([0x20 | (1 << 3) | 0b10, 1, 0, 7]) + b"not zstd", "zstd"),
         (bytes([0x20 | (1 << 3) | 0b1, 1, 0, 0, 2]), "frame count on a non-frame"),
         (bytes([0x20 | 0b1, 1, 5, 1, 1]), "with 1 frames"),
         (bytes([0x20 | 0b1, 1, 5, 1, 65]), "with 65 frames"),

@@ -11,7 +11,7 @@ from talkcodec.codecs.stream import reference_image
 from talkcodec.errors import InputError
 from talkcodec.metrics import landmarks, psnr
 from talkcodec.packet import PacketKind, encode_image
-from talkcodec.video import Mp4Writer, read_frames
+from talkcodec.video import read_frames
 
 
 def enlarged(sample_video, scale: int, seconds: float) -> list[np.ndarray]:
@@ -23,15 +23,6 @@ def enlarged(sample_video, scale: int, seconds: float) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def large_frames(sample_video):
     return enlarged(sample_video, 3, 0.8)  # 20 frames, a 612 px face crop
-
-
-@pytest.fixture(scope="module")
-def large_video(large_frames, tmp_path_factory):
-    path = tmp_path_factory.mktemp("large") / "large.mp4"
-    with Mp4Writer(path, 25, (960, 960)) as writer:
-        for frame in large_frames:
-            writer.write(frame)
-    return path
 
 
 def roundtrip(codec_name: str, frames: list[np.ndarray], size: int):

@@ -43,7 +43,7 @@ def realtime(sample_video):
         pytest.skip(f"this machine runs the face front end at {fps:.0f} fps right now: too slow for a real-time call")
 
 
-def _call(sample, loss=0.0, settings=None, receiver_settings=None, codec="mesh", **receiver):
+def _call(sample, loss=0.0, settings=None, receiver_settings=None, codec="mesh", audio=None, **receiver):
     async def run():
         frames = []
 
@@ -57,7 +57,8 @@ def _call(sample, loss=0.0, settings=None, receiver_settings=None, codec="mesh",
                     return
 
         use_loopback_only()
-        a, b = Peer(CallOptions(input=str(sample), codec=codec, seconds=SECONDS, loss=loss, settings=settings or {})), Peer(
+        a, b = Peer(CallOptions(input=str(sample), codec=codec, seconds=SECONDS, loss=loss, settings=settings or {},
+                                **(audio or {}))), Peer(
             CallOptions(**{"playout_delay": PLAYOUT_S, "settings": receiver_settings or {}, **receiver}))
         await a.pc.setRemoteDescription(await b.answer(await a.offer()))
         watcher = asyncio.ensure_future(watch(b.receiver.track))
@@ -84,6 +85,17 @@ def test_every_packet_arrives_the_track_plays_at_frame_rate_and_the_recording_ha
         durations = {s.type: float(s.duration * s.time_base) for s in container.streams}
     assert durations["video"] == pytest.approx(SECONDS, abs=0.05)
     assert durations["audio"] == pytest.approx(SECONDS, abs=0.1)
+
+
+@pytest.mark.flaky(reruns=2)
+def test_a_call_at_512_shows_and_records_512_pictures(realtime, large_video, tmp_path):
+    record = tmp_path / "received.mp4"
+    a, b, reason, frames = _call(large_video, settings={"size": 512}, record=str(record))
+    assert reason == "the other side's input ended" and b.stats.total.frames_concealed == 0
+    assert len(frames) == SECONDS * 25 and all(f.width == 512 and f.height == 512 for f in frames)
+    assert a.stats.summary()["frame_kbps_sent"] < 6  # the frames cost what they cost at 256 (~3.5 kbps)
+    with av.open(str(record)) as container:
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (512, 512)
 
 
 @pytest.mark.flaky(reruns=2)
@@ -177,9 +189,11 @@ def test_cli_loopback_call_writes_stats(realtime, sample_video, tmp_path, capsys
     assert records and {"frame_kbps_received", "audio_kbps_received", "fps_shown", "loss_pct", "latency_ms"} <= set(records[0])
 
 
-def test_cli_call_needs_an_input_for_loopback(capsys):
-    assert main(["call", "--loopback"]) == 2
-    assert "--loopback needs --input" in capsys.readouterr().err
+@pytest.mark.parametrize(("args", "said"), [([], "--loopback needs --input"),
+                                            (["--input", "x.mp4", "--audio-kbps", "3"], "--audio-kbps must be in 6..128")])  # fmt: skip
+def test_cli_call_refuses_bad_options_in_one_line(capsys, args, said):
+    assert main(["call", "--loopback", *args]) == 2
+    assert said in capsys.readouterr().err
 
 
 def test_a_sender_behind_the_frame_clock_skips_frames_and_says_so(sample_video, caplog):
@@ -253,3 +267,49 @@ def test_a_loopback_apb_call_with_refine_and_other_weights_draws_with_them(realt
     _, b, reason, _ = _call(sample_video, codec="apb", settings=settings, receiver_settings=settings)
     assert reason == "the other side's input ended" and b.receiver.failure is None
     assert b.receiver._decoder.codec.settings.refine is True and b.stats.total.frames_shown > SECONDS * 25 / 2
+
+
+@pytest.mark.parametrize(("first", "stream"), [(22, "face"), (23, "face"), (0x80, "audio"), (0x90, "audio"),
+                                               (0x00, None), (0x01, None), (200, None)])  # fmt: skip
+def test_datagrams_are_told_apart_by_their_first_byte(first, stream):
+    from talkcodec.transport.stats import Counters
+    from talkcodec.transport.wire import IP_UDP_HEADER, WireCounter, stream_of
+
+    assert stream_of(bytes([first]) + b"payload") == stream
+    counters = Counters()
+    WireCounter(counters).count(bytes([first]) + b"x" * 99, "sent")
+    counted = {name: getattr(counters, name) for name in vars(counters) if name.startswith("wire_")}
+    assert sum(counted.values()) == (0 if stream is None else 100 + IP_UDP_HEADER)
+    if stream is not None:
+        assert counted[f"wire_{stream}_bytes_sent"] == 100 + IP_UDP_HEADER
+
+
+@pytest.mark.parametrize("frame_ms", [20, 60])
+def test_the_audio_track_sends_opus_packets_of_its_duration_on_the_call_clock(sample_video, frame_ms):
+    import time
+
+    from talkcodec.transport.media import FileAudioTrack
+
+    async def run():
+        track = FileAudioTrack(str(sample_video), kbps=12, frame_ms=frame_ms)
+        track.start(time.time() - 10.0)  # the clock started long ago: no waiting
+        return [await track.recv() for _ in range(5)]
+
+    packets = asyncio.run(run())
+    assert [p.pts for p in packets] == [i * 48 * frame_ms for i in range(5)]
+    assert all(isinstance(p, av.Packet) and 0 < p.size < 400 for p in packets)
+
+
+@pytest.mark.flaky(reruns=2)
+def test_the_wire_counts_every_header_and_longer_opus_packets_pay_fewer(realtime, sample_video):
+    rates = {}
+    for audio in ({"audio_kbps": 24, "audio_frame_ms": 20}, {"audio_kbps": 12, "audio_frame_ms": 60}):
+        a, b, reason, _ = _call(sample_video, settings={"frames_per_packet": 3}, audio=audio)
+        sent = a.stats.summary()
+        assert reason == "the other side's input ended"
+        assert sent["wire_face_kbps_sent"] > sent["frame_kbps_sent"] > 0  # the data channels' headers on top
+        assert sent["wire_audio_kbps_sent"] > sent["audio_kbps_sent"] > 0  # RTP, SRTP, UDP, IP on top
+        assert sent["wire_kbps_sent"] == pytest.approx(sent["wire_face_kbps_sent"] + sent["wire_audio_kbps_sent"], abs=0.02)
+        assert b.stats.summary()["wire_kbps_received"] > 0
+        rates[audio["audio_frame_ms"]] = sent["wire_audio_kbps_sent"]
+    assert rates[60] < 0.6 * rates[20]  # half the bitrate, a third of the headers

@@ -14,14 +14,15 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.contrib.signaling import BYE, BaseSignaling
 from threadpoolctl import threadpool_limits
 
+from talkcodec.audio import CALL_AUDIO_KBPS
 from talkcodec.errors import TalkcodecError
 
 from . import control
-from .media import set_opus_bitrate
 from .peer import FaceReceiver, FaceSender, LossyChannel, frames_channel_options
 from .stats import CallStats
+from .wire import WireCounter
 
-KEEPALIVE_S = 1.0
+KEEPALIVE_S = 2.0  # a message costs ~150 bytes on the wire; a peer silent for 5 s is gone
 
 
 @dataclass
@@ -41,7 +42,8 @@ class CallOptions:
     playout_delay: float = 0.12  # seconds between capture and display, for jitter
     vanish_after: float = 5.0  # end the call after this long without a message
     stun: list[str] = field(default_factory=list)  # e.g. stun:stun.l.google.com:19302 for calls across NATs
-    audio_kbps: int = 24  # Opus bitrate of the voice
+    audio_kbps: float = CALL_AUDIO_KBPS  # Opus bitrate of the voice (this side's; the sender encodes it)
+    audio_frame_ms: int = 20  # Opus packet duration: 20, 40 or 60 ms
 
 
 def use_loopback_only() -> None:
@@ -61,12 +63,13 @@ class Peer:
         # The same for PyTorch's (the mouth painter, the networks): a mesh loopback call with the
         # painter showed 12-13 fps at 1.4 s latency with two, 22 fps at 170 ms with one.
         torch.set_num_threads(1)
-        set_opus_bitrate(options.audio_kbps * 1000)
         self.stats = CallStats(options.stats_path, sys.stderr if options.live_stats else None, sent_by)
+        self.wire = WireCounter(self.stats.total)
         servers = [RTCIceServer(urls=url) for url in options.stun]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # no STUN unless asked: none is reachable offline
         self.sender = (
-            FaceSender(options.input, options.codec, options.settings, options.fps, options.loop, options.seconds, self.stats)
+            FaceSender(options.input, options.codec, options.settings, options.fps, options.loop, options.seconds,
+                       self.stats, options.audio_kbps, options.audio_frame_ms)  # fmt: skip
             if options.input
             else None
         )
@@ -119,12 +122,14 @@ class Peer:
         if not self.pc.getTransceivers():
             self.pc.addTransceiver("audio", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.wire.attach(self.pc)
         return self.pc.localDescription
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         await self.pc.setRemoteDescription(offer)
         self._add_media()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.wire.attach(self.pc)
         return self.pc.localDescription
 
     def connected(self) -> bool:
@@ -133,7 +138,7 @@ class Peer:
         )
 
     async def _keepalive(self) -> None:
-        """Once a second: "alive", with the audio bytes this side has sent (aiortc's inbound
+        """Every ``KEEPALIVE_S``: "alive", with the audio bytes this side has sent (aiortc's inbound
         stats count no bytes, so the receiver learns the audio bitrate on the wire from here)."""
         while True:
             self._send_control(control.encode(control.Alive(self.stats.total.audio_bytes_sent)))

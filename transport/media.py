@@ -11,26 +11,29 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from talkcodec.api import Frame
-from talkcodec.audio import OPUS_RATE, load_audio
+from talkcodec.audio import CALL_AUDIO_KBPS, OPUS_RATE, OpusEncoder, load_audio
 
-AUDIO_PTIME = 0.020  # 20 ms per audio frame, as WebRTC sends Opus
-_AUDIO_SAMPLES = int(OPUS_RATE * AUDIO_PTIME)
 VIDEO_CLOCK = 90000
 
 
 class FileAudioTrack(MediaStreamTrack):
-    """Mono 48 kHz audio of a file, paced in real time on the call's clock: sample n plays at
-    ``start_time + n / 48000``, the same clock the face frames are captured on, so the two
-    leave the sender in sync. Loops with the video when asked; silence after the end."""
+    """Mono audio of a file as Opus packets, paced in real time on the call's clock: the packet
+    of samples [n, n + F) leaves when its last sample "is captured", at ``start_time + (n + F) /
+    48000``, the clock the face frames are captured on. It encodes its own Opus (``kbps``,
+    ``frame_ms`` 20/40/60: longer packets pay fewer RTP/SRTP/UDP headers, and arrive later) and
+    aiortc sends the packets as they are, so every call has its own audio settings. Loops with
+    the video when asked; silence after the end."""
 
     kind = "audio"
 
-    def __init__(self, path: str, loop: bool = False):
+    def __init__(self, path: str, loop: bool = False, kbps: float = CALL_AUDIO_KBPS, frame_ms: int = 20):
         super().__init__()
         samples = load_audio(path, OPUS_RATE)
-        self._pcm = (np.clip(samples if samples is not None else np.zeros(0), -1, 1) * 32767).astype(np.int16)
+        self._pcm = np.clip(samples if samples is not None else np.zeros(0, np.float32), -1, 1).astype(np.float32)
         self._loop = loop and self._pcm.size > 0
-        self._sent = 0
+        self._opus = OpusEncoder(int(kbps * 1000), OPUS_RATE, frame_ms)
+        self._sent = 0  # samples encoded so far
+        self._ready: list[tuple[int, bytes]] = []  # (pts, bytes) encoded, not yet sent
         self.started = asyncio.Event()  # set, with start_time, when the call's clock starts
         self.start_time = 0.0
 
@@ -38,26 +41,32 @@ class FileAudioTrack(MediaStreamTrack):
         self.start_time = start_time
         self.started.set()
 
-    async def recv(self) -> av.AudioFrame:
+    def _next_chunk(self) -> np.ndarray:
+        """The next packet's worth of samples (looped, or silence past the end)."""
+        size = self._opus.frame
+        if self._loop:
+            chunk = self._pcm[np.arange(self._sent, self._sent + size) % self._pcm.size]
+        else:
+            chunk = np.zeros(size, np.float32)
+            have = self._pcm[self._sent : self._sent + size]
+            chunk[: have.size] = have
+        self._sent += size
+        return chunk
+
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         await self.started.wait()
-        wait = self.start_time + self._sent / OPUS_RATE - time.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        index = np.arange(self._sent, self._sent + _AUDIO_SAMPLES)
-        if self._loop:
-            chunk = self._pcm[index % self._pcm.size]
-        else:
-            chunk = np.zeros(_AUDIO_SAMPLES, np.int16)
-            have = self._pcm[self._sent : self._sent + _AUDIO_SAMPLES]
-            chunk[: have.size] = have
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")  # (1, n) packed mono
-        frame.sample_rate = OPUS_RATE
-        frame.pts = self._sent
-        frame.time_base = fractions.Fraction(1, OPUS_RATE)
-        self._sent += _AUDIO_SAMPLES
-        return frame
+        while not self._ready:  # libopus may hold the first chunk back (its look-ahead)
+            wait = self.start_time + (self._sent + self._opus.frame) / OPUS_RATE - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._ready += self._opus.encode(self._next_chunk())
+        pts, data = self._ready.pop(0)
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.time_base = fractions.Fraction(1, OPUS_RATE)
+        return packet
 
 
 class RegeneratedTrack(VideoStreamTrack):
@@ -97,24 +106,3 @@ class MonoResampler:
     def __call__(self, frame: av.AudioFrame) -> np.ndarray:
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]  # (1, n) packed -> (n,)
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-
-
-_opus_bitrate = [24000]
-
-
-def set_opus_bitrate(bitrate: int) -> None:
-    """aiortc 1.16 hard-codes 96 kbps Opus, several times a talking-head stream's video bits;
-    make its encoder use ``bitrate`` instead (24 kbps is transparent for speech)."""
-    from aiortc.codecs import opus
-
-    _opus_bitrate[0] = bitrate
-    if getattr(opus.OpusEncoder.__init__, "_talkcodec", False):
-        return
-    original = opus.OpusEncoder.__init__
-
-    def __init__(self: opus.OpusEncoder) -> None:
-        original(self)
-        self.codec.bit_rate = _opus_bitrate[0]
-
-    __init__._talkcodec = True  # type: ignore[attr-defined]
-    opus.OpusEncoder.__init__ = __init__  # type: ignore[method-assign]

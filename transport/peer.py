@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from talkcodec.audio import OPUS_RATE, log_mel
+from talkcodec.audio import CALL_AUDIO_KBPS, OPUS_RATE, log_mel
 from talkcodec.errors import PacketError, TalkcodecError
 from talkcodec.packet import Packet, PacketKind
 from talkcodec.registry import codec_class, get_codec, import_codecs
@@ -90,12 +90,13 @@ def source_frames(source: str, fps: float, loop: bool, seconds: float | None) ->
 
 class FaceSender:
     def __init__(self, source: str, codec: str = "mesh", settings: dict | None = None, fps: float = 25.0,
-                 loop: bool = False, seconds: float | None = None, stats: CallStats | None = None):  # fmt: skip
+                 loop: bool = False, seconds: float | None = None, stats: CallStats | None = None,
+                 audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = 20):  # fmt: skip
         self.source, self.fps, self.loop, self.seconds = source, fps, loop, seconds
         self.codec = get_codec(codec, **(settings or {}))
         self.stats = stats or CallStats()
         has_audio = not source.startswith("/dev/video")
-        self.audio = FileAudioTrack(source, loop=loop) if has_audio else None
+        self.audio = FileAudioTrack(source, loop, audio_kbps, audio_frame_ms) if has_audio else None
         self._stop = threading.Event()
         # The slow start-up (mediapipe graphs, opening the input) happens here, before the call
         # connects, so it neither delays the first frames nor stalls the call's event loop.

@@ -28,11 +28,30 @@ class Counters:
     packets_refused: int = 0  # damaged packets, or more than the receiver holds (a flood)
     audio_bytes_sent: int = 0
     audio_bytes_received: int = 0
+    # what crossed the network (``wire.py``): datagrams with their IP/UDP headers, by stream
+    wire_face_bytes_sent: int = 0  # the data channels: face packets, references, control, SCTP acks
+    wire_audio_bytes_sent: int = 0  # the voice: SRTP and SRTCP
+    wire_face_bytes_received: int = 0
+    wire_audio_bytes_received: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # capture -> display, per shown frame
 
 
 SENT = ("frame_bytes_sent", "frame_packets_sent", "frame_packets_dropped", "frames_skipped_at_sender",
-        "reference_bytes", "audio_bytes_sent")  # fmt: skip
+        "reference_bytes", "audio_bytes_sent", "wire_face_bytes_sent", "wire_audio_bytes_sent")  # fmt: skip
+
+
+def wire_kbps(counters: Counters, last: Counters, seconds: float) -> dict[str, float]:
+    """``wire_kbps_sent`` / ``_received`` (everything) and per stream, over ``seconds`` since ``last``."""
+    out: dict[str, float] = {}
+    for direction in ("sent", "received"):
+        total = 0.0
+        for stream in ("face", "audio"):
+            name = f"wire_{stream}_bytes_{direction}"
+            kbps = (getattr(counters, name) - getattr(last, name)) * 8 / 1000 / seconds
+            out[f"wire_{stream}_kbps_{direction}"] = round(kbps, 2)
+            total += kbps
+        out[f"wire_kbps_{direction}"] = round(total, 2)
+    return out
 
 
 class CallStats:
@@ -90,6 +109,7 @@ class CallStats:
             "dropped_at_sender": t.frame_packets_dropped - last.frame_packets_dropped,
             "skipped_at_sender": t.frames_skipped_at_sender - last.frames_skipped_at_sender,
             "latency_ms": round(float(np.median(latencies)), 1) if latencies else None,
+            **wire_kbps(t, last, span),
         }
         self._last = Counters(**{k: (list(v) if isinstance(v, list) else v) for k, v in vars(t).items()})  # a copy
         self._last_time = now
@@ -101,6 +121,7 @@ class CallStats:
             self._live.write(
                 f"[{record['t']:6.1f}s] frames {record['frame_kbps_sent']:.1f}/{record['frame_kbps_received']:.1f} kbps "
                 f"sent/recv, audio {record['audio_kbps_sent']:.1f}/{record['audio_kbps_received'] or 0:.1f} kbps, "
+                f"wire {record['wire_kbps_sent']:.1f}/{record['wire_kbps_received']:.1f} kbps, "
                 f"{record['fps_shown']:.1f} fps, "
                 f"loss {record['loss_pct']:.1f}%, latency {record['latency_ms']} ms\n"
             )
@@ -134,6 +155,7 @@ class CallStats:
             "reference_bytes": t.reference_bytes,
             "latency_ms_median": round(float(np.median(lat)), 1) if lat is not None else None,
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat is not None else None,
+            **wire_kbps(t, Counters(), seconds),
         }
 
     def close(self) -> None:
