@@ -62,6 +62,9 @@ def call_once(clip: str, codec: str, seconds: float, settings: dict | None = Non
         **{f"{key}_back": steady(sender.stats.records, f"{key}_received") for key in WIRE_KEYS},  # receiver -> sender
         "wire_kbps_sent_with_reference": sender.stats.summary()["wire_kbps_sent"],
         "peak_mb_both_peers": round(memory.peak_mb, 1),
+        # resident memory above the start, both peers: after the first minute and at the end (growth)
+        "rss_mb_after_60_s": next((mb for t, mb in memory.trace if t >= 60), None),
+        "rss_mb_at_end": memory.trace[-1][1] if memory.trace else None,
     }  # fmt: skip
 
 

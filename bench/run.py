@@ -50,19 +50,26 @@ def setting_label(setting: dict[str, Any]) -> str:
 
 
 class PeakMemory:
-    """Peak resident memory above the starting point while the block runs, sampled every 2 ms."""
+    """Peak resident memory above the starting point while the block runs, sampled every 2 ms;
+    ``trace``: (seconds since the start, MB above it) once a second (growth over a long call)."""
 
     def __init__(self) -> None:
         self._page = os.sysconf("SC_PAGE_SIZE")
         self.peak_mb = 0.0
+        self.trace: list[tuple[float, float]] = []
 
     def _rss(self) -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * self._page
 
     def _sample(self) -> None:
+        began = next_trace = time.monotonic()
         while not self._stop.is_set():
-            self._peak = max(self._peak, self._rss())
+            rss = self._rss()
+            self._peak = max(self._peak, rss)
+            if (now := time.monotonic()) >= next_trace:
+                self.trace.append((round(now - began, 1), round((rss - self._start) / 2**20, 1)))
+                next_trace += 1.0
             self._stop.wait(0.002)
 
     def __enter__(self) -> PeakMemory:

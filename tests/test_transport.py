@@ -237,7 +237,7 @@ def test_a_sender_behind_the_frame_clock_skips_frames_and_says_so(sample_video, 
 def test_the_receiver_passes_its_codecs_receiver_settings_to_the_decoder(codec, sample_video, tiny_weights, tmp_path):
     """Settings the decoder reads (weights, refine, mouth_fill...) reach it; the sender's own
     (precision, key_interval...) travel in the stream and are left out."""
-    from talkcodec.transport.peer import FaceReceiver
+    from talkcodec.transport.receiver import FaceReceiver
 
     import talkcodec
     from talkcodec.video import read_frames

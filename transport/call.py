@@ -18,7 +18,8 @@ from talkcodec.audio import CALL_AUDIO_KBPS
 from talkcodec.errors import TalkcodecError
 
 from . import control
-from .peer import FaceReceiver, FaceSender, LossyChannel, frames_channel_options
+from .peer import FaceSender, LossyChannel, frames_channel_options
+from .receiver import FaceReceiver
 from .stats import CallStats
 from .wire import WireCounter
 

@@ -1,0 +1,75 @@
+"""The receiver's one playout clock: when each frame of the other side's stream plays, on this
+machine's clock.
+
+The sender captures frame ``seq`` at ``t0 + seq / fps`` on ITS clock (the ``start`` message); the
+two clocks are not synchronised, so playout runs on local time: the least delayed arrival seen
+so far fixes when frame 0 "arrived" (``frame0``; a packet leaves right after its LAST frame is
+captured, so a packet of frames ``seq .. last`` says frame 0 arrived by ``arrival - last / fps``),
+and frame ``seq`` plays ``delay`` after ``frame0 + seq / fps``. ``delay`` is the playout delay, or
+longer when a frame's data comes later (the audio look-ahead of an audio-driven decoder, frames
+a sender holds back for a packet of several): the longest such wait plus a jitter margin. Audio
+is placed on the same timeline (``stream_time``). Latency figures use the sender's ``t0``
+(exact only where both share a clock: loopback).
+"""
+
+from __future__ import annotations
+
+import math
+
+JITTER_MARGIN_S = 0.08  # playout margin over the longest wait for a frame's data
+
+
+class PlayoutClock:
+    def __init__(self, playout_delay: float = 0.12):
+        self.playout_delay = playout_delay
+        self.fps = 25.0
+        self.t0: float | None = None  # the sender's frame clock origin (its own time), from ``start``
+        self.frame0 = math.inf  # local time frame 0 arrived by (least delayed estimate so far)
+        self.wait_s = 0.0  # the longest a frame must wait for its data
+        self._early: list[tuple[int, float]] = []  # (last seq, arrival) of packets before ``start``
+
+    @property
+    def started(self) -> bool:
+        """The frame rate is known and a frame packet has arrived: frames can be scheduled."""
+        return self.t0 is not None and math.isfinite(self.frame0)
+
+    def start(self, t0: float, fps: float, frames_per_packet: int = 1) -> None:
+        """The sender's ``start``: its clock, its rate, and n - 1 frames held back for packets of n."""
+        self.t0, self.fps = t0, fps
+        self.wait(max(frames_per_packet - 1, 0) / fps)
+        for last_seq, arrival in self._early:  # packets that came before it, now that the rate is known
+            self.arrived(last_seq, arrival)
+        self._early.clear()
+
+    def wait(self, seconds: float) -> None:
+        """Frames must wait ``seconds`` more for their data (kept: the longest wins)."""
+        self.wait_s = max(self.wait_s, seconds)
+
+    def arrived(self, last_seq: int, at: float) -> None:
+        """A frame packet whose last frame is ``last_seq`` arrived at local time ``at``."""
+        if self.t0 is None:
+            if len(self._early) < 64:
+                self._early.append((last_seq, at))
+            return
+        self.frame0 = min(self.frame0, at - last_seq / self.fps)
+
+    @property
+    def delay(self) -> float:
+        return max(self.playout_delay, self.wait_s + JITTER_MARGIN_S)
+
+    def due(self, now: float) -> int:
+        """The last seq whose playout time has come (negative before frame 0's)."""
+        return math.floor((now - self.frame0 - self.delay) * self.fps)
+
+    def play_time(self, seq: int) -> float:
+        """Local time frame ``seq`` plays."""
+        return self.frame0 + self.delay + seq / self.fps
+
+    def stream_time(self, at: float) -> float:
+        """Seconds on the stream's timeline (frame ``seq`` at ``seq / fps``) of local time ``at``."""
+        return at - self.frame0
+
+    def latency_ms(self, seq: int, shown: float) -> float:
+        """Capture (on the sender's clock) to display (on this one) of frame ``seq``."""
+        assert self.t0 is not None
+        return (shown - (self.t0 + seq / self.fps)) * 1000
