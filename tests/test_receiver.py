@@ -142,3 +142,49 @@ def test_the_recording_holds_missing_frames_and_lays_the_audio_under_them(wires,
         assert container.streams.video[0].frames == FRAMES
     assert durations["video"] == pytest.approx(FRAMES / FPS, abs=0.05)
     assert durations["audio"] == pytest.approx(FRAMES / FPS, abs=0.1)
+
+
+def placer(frame0: float | None = T0):
+    from talkcodec.transport.playout import AudioPlacer, PlayoutClock
+
+    clock = PlayoutClock()
+    if frame0 is not None:
+        clock.start(T0, FPS)
+        clock.arrived(0, frame0)
+    return AudioPlacer(clock)
+
+
+CHUNK = np.ones(960, np.float32)
+
+
+@pytest.mark.parametrize("origin", [123_456, 2**32 - 1000])  # the RTP clock starts anywhere and wraps
+def test_audio_is_placed_by_its_rtp_time_however_late_it_arrives(origin):
+    audio = placer()
+    lateness = [0.25, 0.02, 0.3, 0.1]  # arrival is not used once RTP times are known
+    placed = [audio.place(CHUNK, T0 + 0.02 * (i + 1) + late, (origin + 960 * i) % 2**32) for i, late in enumerate(lateness)]
+    assert [p[0] for p in placed] == [0, 960, 1920, 2880]
+
+
+@pytest.mark.parametrize(("rtp_step", "placed_at", "length"), [
+    (2 * 960, 960, 2 * 960),  # one packet lost: silence in its place, then the chunk
+    (960, 960, 960),  # in order
+    (0, None, 0),  # a duplicate: nothing new
+    (10**9, 960, 960),  # a hostile jump: carried on where the audio was, no hour of silence
+])  # fmt: skip
+def test_lost_duplicate_and_hostile_audio_packets(rtp_step, placed_at, length):
+    audio = placer()
+    audio.place(CHUNK, T0 + 0.02, 5000)
+    placed = audio.place(CHUNK, T0 + 0.04, 5000 + rtp_step)
+    if placed_at is None:
+        assert placed is None
+    else:
+        assert placed[0] == placed_at and len(placed[1]) == length
+        assert placed[1][: length - 960].sum() == 0  # the filled gap is silence
+
+
+def test_without_rtp_times_the_first_chunk_is_placed_by_its_arrival():
+    assert placer(frame0=None).place(CHUNK, T0 + 0.1) is None  # frame 0's time unknown: cannot place
+    audio = placer(frame0=T0)
+    first = audio.place(CHUNK, T0 + 0.1)  # ended 100 ms after frame 0: began at 80 ms
+    assert first[0] == round(0.08 * 48000)
+    assert audio.place(CHUNK, T0 + 0.5)[0] == first[0] + 960  # the rest follow it

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 JITTER_MARGIN_S = 0.08  # playout margin over the longest wait for a frame's data
 
 
@@ -73,3 +75,49 @@ class PlayoutClock:
         """Capture (on the sender's clock) to display (on this one) of frame ``seq``."""
         assert self.t0 is not None
         return (shown - (self.t0 + seq / self.fps)) * 1000
+
+
+MAX_AUDIO_GAP_S = 2.0  # a jump in the audio's timestamps longer than this is a discontinuity, not a gap
+
+
+class AudioPlacer:
+    """Where the received voice goes on the stream's timeline (48 kHz samples from frame 0's
+    time). The sender's first audio packet holds what was captured from its frame clock's t0 on,
+    so a chunk's RTP time (``rtp``, 48 kHz, from the other side: untrusted) minus the first
+    chunk's is its place: network and jitter-buffer delays do not shift it (placing by arrival
+    put the voice 80-240 ms late, the receiver's jitter buffer holding 4 packets). Lost packets
+    leave silence in their place. Without RTP times the first chunk is placed by its arrival on
+    the playout clock and the rest follow it."""
+
+    def __init__(self, clock: PlayoutClock, rate: int = 48000):
+        self.clock, self.rate = clock, rate
+        self._origin: int | None = None  # RTP time of the first chunk
+        self._end: int | None = None  # stream position after the last placed chunk
+
+    def place(self, samples: np.ndarray, arrived: float, rtp: int | None = None) -> tuple[int, np.ndarray] | None:
+        """(stream position of the first sample returned, samples) continuing the chunks placed
+        before (silence where packets were lost, cut where they overlap); None when the chunk
+        cannot be placed yet (no RTP time and frame 0's time unknown) or lies before frame 0."""
+        if rtp is not None:
+            self._origin = rtp if self._origin is None else self._origin
+            position = (rtp - self._origin) % 2**32  # RTP time wraps at 32 bits
+        elif self._end is not None:
+            position = self._end
+        elif math.isfinite(self.clock.frame0):
+            position = round(self.clock.stream_time(arrived - len(samples) / self.rate) * self.rate)
+        else:
+            return None
+        if self._end is not None:
+            if abs(position - self._end) > MAX_AUDIO_GAP_S * self.rate:
+                position = self._end  # a jump: carry on where the audio was (a hostile or reset clock)
+            if position > self._end:  # packets lost in between: silence in their place
+                samples = np.concatenate([np.zeros(position - self._end, np.float32), samples])
+            else:  # overlapping what was placed: the new part only
+                samples = samples[self._end - position :]
+            position = self._end
+        elif position < 0:  # before frame 0's time
+            samples, position = samples[-position:], 0
+        if not len(samples):
+            return None
+        self._end = position + len(samples)
+        return position, samples

@@ -33,7 +33,7 @@ from . import control
 from .control import Message
 from .jitter import JitterBuffer
 from .media import MonoResampler, RegeneratedTrack
-from .playout import PlayoutClock
+from .playout import AudioPlacer, PlayoutClock
 from .sinks import Recording, Sink, VirtualCamera, Window
 from .stats import CallStats
 
@@ -59,6 +59,7 @@ class FaceReceiver:
         self.settings = dict(settings or {})  # the decoder gets those its codec marks as receiver settings
         self.clock = clock
         self.playout = PlayoutClock(playout_delay)
+        self.audio = AudioPlacer(self.playout, OPUS_RATE)
         import_codecs()  # a first import mid-call would stall the event loop
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talkcodec-decode")
         # The audio-driven decoders' mel features import librosa on first use (seconds on 2 cores):
@@ -78,7 +79,7 @@ class FaceReceiver:
         self._references_pending = 0  # reference packets waiting for the decode thread
         self._catch_ups = 0  # times playout fell 2 s behind and skipped ahead
         self._last_request = -math.inf  # when a key or reference was last asked for
-        self._audio_fed = False  # an audio-driven decoder has had its first chunk (placed by arrival)
+        self._audio_fed = False  # an audio-driven decoder has had its first chunk
         self.shown: deque[tuple[int, bool]] = deque(maxlen=100_000)  # (seq, concealed) of recent frames
         self.reason = ""
         self.failure: str | None = None  # set by the call when its sending half fails
@@ -146,13 +147,17 @@ class FaceReceiver:
         self._pool.submit(self._decoder.codec.load)  # networks now, on the decode thread, not on frame 0
         return True
 
-    def on_audio(self, samples: np.ndarray, arrived: float) -> None:
-        """Received audio (mono, 48 kHz) whose last sample arrived at local time ``arrived``."""
+    def on_audio(self, samples: np.ndarray, arrived: float, rtp: int | None = None) -> None:
+        """Received audio (mono, 48 kHz) whose last sample arrived at local time ``arrived``;
+        ``rtp``: its RTP time (48 kHz), which places it on the stream's timeline (``AudioPlacer``)."""
+        placed = self.audio.place(samples, arrived, rtp)
+        if placed is None:
+            return
         if self.recording is not None:
-            self.recording.audio(samples, arrived)
-        if self._decoder is not None and self._decoder.uses_audio and math.isfinite(self.playout.frame0):
+            self.recording.audio(*placed)
+        if self._decoder is not None and self._decoder.uses_audio:
             try:
-                self._pool.submit(self._feed_audio, samples, arrived)  # on the decode thread, in order
+                self._pool.submit(self._feed_audio, *placed)  # on the decode thread, in order
             except RuntimeError:  # the call is over: the pool is shut down
                 pass
 
@@ -166,15 +171,13 @@ class FaceReceiver:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self.on_audio(mono(frame), self.clock())
+            self.on_audio(mono(frame), self.clock(), frame.pts)
 
-    def _feed_audio(self, samples: np.ndarray, arrived: float) -> None:
-        """Give an audio-driven decoder the call's audio on the frames' timeline: the first chunk
-        is placed by its arrival (the sender paces audio and frames on one clock), the rest follow."""
+    def _feed_audio(self, position: int, samples: np.ndarray) -> None:
+        """Give an audio-driven decoder the call's audio on the frames' timeline (its time 0 is
+        frame 0's): silence for what was placed before it existed, then every chunk in order."""
         if not self._audio_fed:
-            start = self.playout.stream_time(arrived - len(samples) / OPUS_RATE)  # stream time of this chunk
-            lead = int(round(start * OPUS_RATE))
-            samples = np.concatenate([np.zeros(max(lead, 0), np.float32), samples[max(-lead, 0) :]])
+            samples = np.concatenate([np.zeros(position, np.float32), samples])
             self._audio_fed = True
         self._decoder.push_audio(samples, OPUS_RATE)
 

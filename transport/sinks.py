@@ -23,16 +23,15 @@ class Sink(Protocol):
 
 class Recording:
     """An mp4 of what is shown, with the received audio under it. Frames that never came are
-    held (a frame number skipped writes the last picture again); the audio is laid on the
-    stream's timeline by the playout clock: its first chunk where it arrived, the rest after it
-    (the sender paced them on the frame clock)."""
+    held (a frame number skipped writes the last picture again); the audio comes placed on the
+    stream's timeline (``playout.AudioPlacer``), the recording's time 0 being its first frame's."""
 
     def __init__(self, path: str | Path, clock: PlayoutClock):
         self.path, self.clock = path, clock
         self._writer: Mp4Writer | None = None
         self._first_seq = 0  # the first recorded frame (the recording's time 0)
         self._audio: list[np.ndarray] = []
-        self._audio_arrival: float | None = None  # local time the first kept chunk ended
+        self._audio_start: int | None = None  # stream position (48 kHz samples) of the first kept sample
 
     def show(self, frame: Frame) -> None:
         if self._writer is None:
@@ -41,19 +40,18 @@ class Recording:
         for _ in range(frame.seq - self._first_seq - self._writer.frames_written + 1):
             self._writer.write(frame.image)  # holds for frames that never came
 
-    def audio(self, samples: np.ndarray, arrived: float) -> None:
-        """Received samples, the last of which arrived at local time ``arrived``."""
-        if self._audio_arrival is None:
-            self._audio_arrival = arrived
+    def audio(self, position: int, samples: np.ndarray) -> None:
+        """Samples placed at ``position`` on the stream's timeline, each chunk after the last."""
+        if self._audio_start is None:
+            self._audio_start = position
         self._audio.append(samples)
 
     def close(self) -> None:
         if self._writer is None:
             return
         fps = self.clock.fps
-        if self._audio and self._audio_arrival is not None:
-            start = self.clock.stream_time(self._audio_arrival - len(self._audio[0]) / OPUS_RATE)
-            lead = int(round((start - self._first_seq / fps) * OPUS_RATE))  # (recording starts at its first frame)
+        if self._audio and self._audio_start is not None:
+            lead = self._audio_start - round(self._first_seq / fps * OPUS_RATE)
             audio = np.concatenate(self._audio)
             audio = np.concatenate([np.zeros(max(lead, 0), np.float32), audio[max(-lead, 0) :]])
             self._writer.write_audio(audio[: int(self._writer.frames_written / fps * OPUS_RATE)])
