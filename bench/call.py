@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS, OPUS_FRAME_MS
 from .run import PeakMemory
 
 WIRE_KEYS = ("wire_kbps", "wire_face_kbps", "wire_audio_kbps")
@@ -34,8 +35,8 @@ def steady(records: list[dict], key: str) -> float | None:
     return round(float(np.mean(values)), 2) if values else None
 
 
-def call_once(clip: str, codec: str, seconds: float, settings: dict | None = None, audio_kbps: float = 24,
-              audio_frame_ms: int = 20) -> dict:  # fmt: skip
+def call_once(clip: str, codec: str, seconds: float, settings: dict | None = None,
+              audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = CALL_AUDIO_FRAME_MS) -> dict:  # fmt: skip
     from ..transport.call import CallOptions, loopback
 
     settings = settings or {}
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codecs", default="mesh", help="comma-separated talkcodec codecs")
     parser.add_argument("--out", default="results", help="folder for call.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sender setting, e.g. frames_per_packet=1")
-    parser.add_argument("--audio-kbps", type=float, default=24.0, help="Opus bitrate (default 24)")
-    parser.add_argument("--audio-frame-ms", type=int, default=20, choices=(20, 40, 60), help="Opus packet duration")
+    parser.add_argument("--audio-kbps", type=float, default=CALL_AUDIO_KBPS, help=f"Opus bitrate (default {CALL_AUDIO_KBPS})")
+    parser.add_argument("--audio-frame-ms", type=int, default=CALL_AUDIO_FRAME_MS, choices=OPUS_FRAME_MS,
+                        help=f"Opus packet duration (default {CALL_AUDIO_FRAME_MS})")
     args = parser.parse_args(argv)
     from ..cli import parse_settings
 

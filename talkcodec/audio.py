@@ -25,6 +25,7 @@ OPUS_RATE = 48000  # libopus runs at 48 kHz
 OPUS_FRAME = 960  # 20 ms packets (files; a call may send 40 or 60 ms)
 OPUS_FRAME_MS = (20, 40, 60)  # packet durations a call may use: longer packets pay fewer headers
 CALL_AUDIO_KBPS = 24  # a call's default voice bitrate: transparent for speech (12 is still clear)
+CALL_AUDIO_FRAME_MS = 20  # a call's default Opus packet duration (WebRTC's usual)
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray | None:

@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_demo)
 
-    from .audio import CALL_AUDIO_KBPS, OPUS_FRAME_MS
+    from .audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS, OPUS_FRAME_MS
 
     p = sub.add_parser("call", help="a live call over WebRTC (aiortc): send your face, see theirs")
     how = p.add_mutually_exclusive_group(required=True)
@@ -347,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 120; longer by itself when a frame's data comes later, e.g. the audio look-ahead)")
     p.add_argument("--audio-kbps", type=float, default=CALL_AUDIO_KBPS, metavar="KBPS",
                    help=f"the voice's Opus bitrate (default {CALL_AUDIO_KBPS}; 12 is still clear speech)")
-    p.add_argument("--audio-frame-ms", type=int, default=20, choices=OPUS_FRAME_MS,
+    p.add_argument("--audio-frame-ms", type=int, default=CALL_AUDIO_FRAME_MS, choices=OPUS_FRAME_MS,
                    help="Opus packet duration: 60 pays a third of 20's packet headers on the wire, and the voice "
-                        "arrives 40 ms later (default 20)")  # fmt: skip
+                        f"arrives 40 ms later (default {CALL_AUDIO_FRAME_MS})")  # fmt: skip
     p.add_argument("--loss", type=float, default=0.0, help=argparse.SUPPRESS)  # testing: drop this share of frame packets
     common(p)
     p.set_defaults(run=cmd_call)

@@ -14,7 +14,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.contrib.signaling import BYE, BaseSignaling
 from threadpoolctl import threadpool_limits
 
-from talkcodec.audio import CALL_AUDIO_KBPS
+from talkcodec.audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS
 from talkcodec.errors import TalkcodecError
 
 from . import control
@@ -44,7 +44,7 @@ class CallOptions:
     vanish_after: float = 5.0  # end the call after this long without a message
     stun: list[str] = field(default_factory=list)  # e.g. stun:stun.l.google.com:19302 for calls across NATs
     audio_kbps: float = CALL_AUDIO_KBPS  # Opus bitrate of the voice (this side's; the sender encodes it)
-    audio_frame_ms: int = 20  # Opus packet duration: 20, 40 or 60 ms
+    audio_frame_ms: int = CALL_AUDIO_FRAME_MS  # Opus packet duration: 20, 40 or 60 ms
 
 
 def use_loopback_only() -> None:

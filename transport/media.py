@@ -11,7 +11,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from talkcodec.api import Frame
-from talkcodec.audio import CALL_AUDIO_KBPS, OPUS_RATE, OpusEncoder, load_audio
+from talkcodec.audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS, OPUS_RATE, OpusEncoder, load_audio
 
 VIDEO_CLOCK = 90000
 
@@ -26,7 +26,8 @@ class FileAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, path: str, loop: bool = False, kbps: float = CALL_AUDIO_KBPS, frame_ms: int = 20):
+    def __init__(self, path: str, loop: bool = False, kbps: float = CALL_AUDIO_KBPS,
+                 frame_ms: int = CALL_AUDIO_FRAME_MS):  # fmt: skip
         super().__init__()
         samples = load_audio(path, OPUS_RATE)
         self._pcm = np.clip(samples if samples is not None else np.zeros(0, np.float32), -1, 1).astype(np.float32)

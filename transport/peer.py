@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from talkcodec.audio import CALL_AUDIO_KBPS
+from talkcodec.audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS
 from talkcodec.packet import Packet, PacketKind
 from talkcodec.registry import get_codec
 from talkcodec.video import read_frames
@@ -76,7 +76,7 @@ def source_frames(source: str, fps: float, loop: bool, seconds: float | None) ->
 class FaceSender:
     def __init__(self, source: str, codec: str = "mesh", settings: dict | None = None, fps: float = 25.0,
                  loop: bool = False, seconds: float | None = None, stats: CallStats | None = None,
-                 audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = 20):  # fmt: skip
+                 audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = CALL_AUDIO_FRAME_MS):  # fmt: skip
         self.source, self.fps, self.loop, self.seconds = source, fps, loop, seconds
         self.codec = get_codec(codec, **(settings or {}))
         self.stats = stats or CallStats()
