@@ -5,7 +5,7 @@ received fps, the payload kbps (frame packets, reference, Opus audio), what cros
 apart; ``transport/wire.py``) and peak memory.
 
     python -m talkcodec.bench.call CLIP --seconds 60 --codecs mesh --out DIR [--set frames_per_packet=1]
-        [--audio-kbps 12 --audio-frame-ms 60]
+        [--audio-kbps 12 --audio-frame-ms 60] [--face-over channel]
 
 Wire rates are means over the call's whole seconds but the first two (the reference image and
 the connection's set-up go then); ``*_with_reference`` over the whole call.
@@ -36,11 +36,12 @@ def steady(records: list[dict], key: str) -> float | None:
 
 
 def call_once(clip: str, codec: str, seconds: float, settings: dict | None = None,
-              audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = CALL_AUDIO_FRAME_MS) -> dict:  # fmt: skip
+              audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = CALL_AUDIO_FRAME_MS,
+              face_over: str = "voice") -> dict:  # fmt: skip
     from ..transport.call import CallOptions, loopback
 
     settings = settings or {}
-    audio = {"audio_kbps": audio_kbps, "audio_frame_ms": audio_frame_ms}
+    audio = {"audio_kbps": audio_kbps, "audio_frame_ms": audio_frame_ms, "face_over_voice": face_over == "voice"}
     with PeakMemory() as memory:
         sender, receiver, reason = asyncio.run(
             loopback(CallOptions(input=clip, codec=codec, loop=True, seconds=seconds, settings=settings, **audio),
@@ -53,12 +54,13 @@ def call_once(clip: str, codec: str, seconds: float, settings: dict | None = Non
         "clip": Path(clip).name, "codec": codec, "settings": settings, "seconds": seconds, "ended": reason,
         "frames_per_packet": sender.sender.frames_per_packet,
         "latency_ms_median": summary["latency_ms_median"], "latency_ms_p95": summary["latency_ms_p95"],
+        "voice_lead_ms_p5": summary["voice_lead_ms_p5"],
         "fps_received": round(float(np.mean([r["fps_shown"] for r in records])), 2) if records else None,
         "frame_kbps": round(receiver.stats.total.frame_bytes_received * 8 / 1000 / seconds, 2),
         "reference_bytes": sender.stats.total.reference_bytes,
         "audio_kbps": round(sender.stats.total.audio_bytes_sent * 8 / 1000 / seconds_played, 2),
         "frames_shown": summary["frames_shown"], "frames_concealed": summary["frames_concealed"],
-        "opus_kbps_set": audio_kbps, "opus_frame_ms": audio_frame_ms,
+        "opus_kbps_set": audio_kbps, "opus_frame_ms": audio_frame_ms, "face_over": face_over,
         **{f"{key}_sent": steady(sender.stats.records, f"{key}_sent") for key in WIRE_KEYS},  # sender -> receiver
         **{f"{key}_back": steady(sender.stats.records, f"{key}_received") for key in WIRE_KEYS},  # receiver -> sender
         "wire_kbps_sent_with_reference": sender.stats.summary()["wire_kbps_sent"],
@@ -79,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-kbps", type=float, default=CALL_AUDIO_KBPS, help=f"Opus bitrate (default {CALL_AUDIO_KBPS})")
     parser.add_argument("--audio-frame-ms", type=int, default=CALL_AUDIO_FRAME_MS, choices=OPUS_FRAME_MS,
                         help=f"Opus packet duration (default {CALL_AUDIO_FRAME_MS})")
+    parser.add_argument("--face-over", default="voice", choices=("voice", "channel"),
+                        help="frame packets in the voice's packets (default) or on their own data channel")
     args = parser.parse_args(argv)
     from ..cli import parse_settings
 
     settings = parse_settings(args.set)
-    results = [call_once(args.clip, codec.strip(), args.seconds, settings, args.audio_kbps, args.audio_frame_ms)
+    results = [call_once(args.clip, codec.strip(), args.seconds, settings, args.audio_kbps, args.audio_frame_ms,
+                         args.face_over)
                for codec in args.codecs.split(",")]  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -202,10 +202,12 @@ class OpusEncoder:
 
 
 class OpusDecoder:
-    """Decodes Opus packets (bytes) into mono float32 samples at 48 kHz."""
+    """Decodes Opus packets (bytes) into mono float32 samples at 48 kHz, with libopus (the
+    reference decoder: FFmpeg's own decodes a 40 or 60 ms SILK frame in a code 3 packet, such as
+    a call's voice carrying face packets, differently from the same frame in a code 0 one)."""
 
     def __init__(self) -> None:
-        self._ctx = av.CodecContext.create("opus", "r")
+        self._ctx = av.CodecContext.create("libopus", "r")
         self._ctx.sample_rate = OPUS_RATE
         self._ctx.layout = "mono"
 
@@ -214,8 +216,15 @@ class OpusDecoder:
             frames = self._ctx.decode(av.Packet(data))
         except av.error.FFmpegError:
             return np.zeros(OPUS_FRAME, dtype=np.float32)  # a damaged packet: 20 ms of silence
-        out = [f.to_ndarray().astype(np.float32).reshape(-1) for f in frames]
+        out = [self._float(f) for f in frames]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    @staticmethod
+    def _float(frame: av.AudioFrame) -> np.ndarray:
+        samples = frame.to_ndarray().reshape(-1)  # mono: (1, n) -> (n,)
+        if samples.dtype == np.int16:
+            return samples.astype(np.float32) / 32768
+        return samples.astype(np.float32)
 
 
 class AudioTimeline:

@@ -36,11 +36,12 @@ class Clock:
 
 
 def call(wires, delay=lambda seq: 0.03, drop=lambda seq, packet: False, bye=True, steps_every=0.01,
-         stall=None, audio=None, **receiver):  # fmt: skip
+         stall=None, audio=None, voice_late=None, frames_per_packet=1, **receiver):  # fmt: skip
     """Play ``wires`` through a FaceReceiver on a fake clock: packet group ``seq`` arrives at
     T0 + seq / FPS + delay(seq); the receiver steps every ``steps_every`` s except during
-    ``stall`` (start, end); ``audio``: a 20 ms chunk arriving every 20 ms, 30 ms late. Returns
-    the receiver, the control messages it sent and why it ended."""
+    ``stall`` (start, end); ``audio``: a chunk arriving as soon as it is captured, 30 ms late
+    (without RTP times), or ``voice_late`` s late with RTP times. Returns the receiver, the
+    control messages it sent and why it ended."""
     clock = Clock()
     receiver = FaceReceiver(clock=clock, **receiver)
     sent: list[str] = []
@@ -48,15 +49,17 @@ def call(wires, delay=lambda seq: 0.03, drop=lambda seq, packet: False, bye=True
     arrivals = [(T0, -1)] + arrivals  # the start message
     if bye:
         arrivals.append((arrivals[-1][0] + 0.001, len(wires)))
-    reason, pending, next_audio = "", list(arrivals), T0 + 0.02 + 0.03
+    chunk_s = 0 if audio is None else len(audio) / 48000
+    late = 0.03 if voice_late is None else voice_late
+    reason, pending, next_audio, rtp = "", list(arrivals), T0 + chunk_s + late, 0
     while not reason and clock.now < T0 + 30:
         while audio is not None and next_audio <= clock.now:
-            receiver.on_audio(audio, next_audio)
-            next_audio += 0.02
+            receiver.on_audio(audio, next_audio, None if voice_late is None else rtp)
+            next_audio, rtp = next_audio + chunk_s, rtp + len(audio)
         while pending and pending[0][0] <= clock.now:
             _, seq = pending.pop(0)
             if seq < 0:
-                receiver.on_message(control.encode(control.Start(T0, FPS, 1)))
+                receiver.on_message(control.encode(control.Start(T0, FPS, frames_per_packet)))
             elif seq == len(wires):
                 receiver.on_message(control.encode(control.Bye(len(wires) - 1, "input_ended")))
             else:
@@ -188,3 +191,46 @@ def test_without_rtp_times_the_first_chunk_is_placed_by_its_arrival():
     first = audio.place(CHUNK, T0 + 0.1)  # ended 100 ms after frame 0: began at 80 ms
     assert first[0] == round(0.08 * 48000)
     assert audio.place(CHUNK, T0 + 0.5)[0] == first[0] + 960  # the rest follow it
+
+
+@pytest.mark.parametrize("late", [0.02, 0.15, 0.4])
+def test_an_audio_driven_decoders_frames_wait_for_their_voice_as_late_as_it_comes(late):
+    from talkcodec.transport.playout import JITTER_MARGIN_S, VOICE_LATENESS_PACKETS, VOICE_MARGIN_S, PlayoutClock
+
+    clock = PlayoutClock(0.12)
+    clock.start(T0, FPS)
+    clock.arrived(0, T0 + 0.03)
+    clock.needs_audio(0.1)
+    assert clock.delay == pytest.approx(0.1 + JITTER_MARGIN_S)  # no voice yet
+
+    def voice(packets, late, first=0):
+        for k in range(first, first + packets):  # 60 ms packets, each arriving `late` after its first sample
+            clock.voice_arrived(k * 0.06, clock.frame0 + k * 0.06 + late)
+
+    voice(50, late)
+    assert clock.delay == pytest.approx(max(0.12, 0.1 + late + VOICE_MARGIN_S))
+    voice(VOICE_LATENESS_PACKETS, 0.01, first=50)  # the network got better: the delay follows it down
+    assert clock.delay == pytest.approx(max(0.12, 0.1 + 0.01 + VOICE_MARGIN_S))
+
+
+@pytest.fixture(scope="module")
+def apb_wires(sample_video):
+    """The sample's first 2 s through `apb` in the packets of 3 frames it sends in calls."""
+    encoder = talkcodec.get_codec("apb").encoder(fps=FPS)
+    out = [[p.to_bytes() for p in encoder.encode(frame)] for frame in read_frames(sample_video, fps=FPS, max_seconds=FRAMES / FPS)]
+    out[-1] += [p.to_bytes() for p in encoder.flush()]
+    encoder.close()
+    return out, encoder.frames_per_packet
+
+
+@pytest.mark.parametrize("voice_late", [0.05, 0.3])
+def test_apb_draws_every_frame_with_the_voice_it_reads_however_late_the_voice(apb_wires, voice_late):
+    wires, frames_per_packet = apb_wires
+    voice = (0.1 * np.sin(np.arange(2880) / 7)).astype(np.float32)  # 60 ms packets
+    receiver, _, reason = call(wires, audio=voice, voice_late=voice_late, frames_per_packet=frames_per_packet)
+    assert reason == "the other side's input ended"
+    assert [seq for seq, _ in receiver.shown] == list(range(FRAMES))
+    leads = np.array(receiver.stats.total.voice_lead_ms)
+    assert len(leads) == FRAMES and np.percentile(leads[10:], 5) >= -1e-6  # (the first frames: before 5 packets)
+    latencies = np.array(receiver.stats.total.latencies_ms)
+    assert np.median(latencies) < 1000 * (voice_late + 0.06 + 0.1 + 0.05)  # lateness, packet, look-ahead, margins

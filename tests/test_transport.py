@@ -132,8 +132,9 @@ def test_a_vanished_peer_ends_the_call(sample_video):
         await a.pc.setRemoteDescription(await b.answer(await a.offer()))
         sending = asyncio.ensure_future(a.run())
         await asyncio.sleep(2.0)
-        for task in a._tasks:  # the sender's process freezes: no frames, no keepalive, no goodbye
+        for task in a._tasks:  # the sender's process freezes: no frames, no voice, no keepalive, no goodbye
             task.cancel()
+        a.sender.audio.stop()
         started = asyncio.get_running_loop().time()
         reason = await asyncio.wait_for(b.run(), 10)
         waited = asyncio.get_running_loop().time() - started
@@ -302,15 +303,27 @@ def test_the_audio_track_sends_opus_packets_of_its_duration_on_the_call_clock(sa
 
 
 @pytest.mark.flaky(reruns=2)
-def test_the_wire_counts_every_header_and_longer_opus_packets_pay_fewer(realtime, sample_video):
+def test_the_wire_counts_every_header_and_the_face_riding_the_voice_pays_none(realtime, sample_video):
     rates = {}
-    for audio in ({"audio_kbps": 24, "audio_frame_ms": 20}, {"audio_kbps": 12, "audio_frame_ms": 60}):
+    for route, audio in (("channel", {"audio_kbps": 24, "audio_frame_ms": 20}),
+                         ("channel", {"audio_kbps": 12, "audio_frame_ms": 60}),
+                         ("voice", {"audio_kbps": 12, "audio_frame_ms": 60})):  # fmt: skip
+        audio = {**audio, "face_over_voice": route == "voice"}
         a, b, reason, _ = _call(sample_video, settings={"frames_per_packet": 3}, audio=audio)
         sent = a.stats.summary()
         assert reason == "the other side's input ended"
-        assert sent["wire_face_kbps_sent"] > sent["frame_kbps_sent"] > 0  # the data channels' headers on top
         assert sent["wire_audio_kbps_sent"] > sent["audio_kbps_sent"] > 0  # RTP, SRTP, UDP, IP on top
         assert sent["wire_kbps_sent"] == pytest.approx(sent["wire_face_kbps_sent"] + sent["wire_audio_kbps_sent"], abs=0.02)
         assert b.stats.summary()["wire_kbps_received"] > 0
-        rates[audio["audio_frame_ms"]] = sent["wire_audio_kbps_sent"]
-    assert rates[60] < 0.6 * rates[20]  # half the bitrate, a third of the headers
+        assert b.stats.summary()["audio_kbps_received"] == pytest.approx(sent["audio_kbps_sent"], rel=0.15)
+        carrier = a.sender.face_over_voice
+        if route == "voice":  # every frame packet rode the voice, none took a data channel
+            assert carrier.carried_bytes > a.stats.total.frame_bytes_sent > 0
+            assert b.stats.total.frame_bytes_received == a.stats.total.frame_bytes_sent
+        else:
+            assert carrier is None
+        rates[route, audio["audio_frame_ms"]] = sent
+    # half the bitrate, a third of the headers
+    assert rates["channel", 60]["wire_audio_kbps_sent"] < 0.6 * rates["channel", 20]["wire_audio_kbps_sent"]
+    # the face's ~8 messages a second on the data channel cost ~7 kbps of headers, on the voice nothing
+    assert rates["voice", 60]["wire_kbps_sent"] < rates["channel", 60]["wire_kbps_sent"] - 4

@@ -9,15 +9,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.signaling import BYE, BaseSignaling
 from threadpoolctl import threadpool_limits
 
 from talkcodec.audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS
 from talkcodec.errors import TalkcodecError
 
-from . import control
+from . import control, voice
+from .overhead import trim, without_header_extensions
 from .peer import FaceSender, LossyChannel, frames_channel_options
 from .receiver import FaceReceiver
 from .stats import CallStats
@@ -45,6 +47,7 @@ class CallOptions:
     stun: list[str] = field(default_factory=list)  # e.g. stun:stun.l.google.com:19302 for calls across NATs
     audio_kbps: float = CALL_AUDIO_KBPS  # Opus bitrate of the voice (this side's; the sender encodes it)
     audio_frame_ms: int = CALL_AUDIO_FRAME_MS  # Opus packet duration: 20, 40 or 60 ms
+    face_over_voice: bool = True  # frame packets ride in the voice's packets (False: the frames channel)
 
 
 def use_loopback_only() -> None:
@@ -70,7 +73,7 @@ class Peer:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # no STUN unless asked: none is reachable offline
         self.sender = (
             FaceSender(options.input, options.codec, options.settings, options.fps, options.loop, options.seconds,
-                       self.stats, options.audio_kbps, options.audio_frame_ms)  # fmt: skip
+                       self.stats, options.audio_kbps, options.audio_frame_ms, options.face_over_voice)  # fmt: skip
             if options.input
             else None
         )
@@ -84,11 +87,20 @@ class Peer:
         @self.pc.on("track")
         def on_track(track: Any) -> None:
             if track.kind == "audio":
-                self._tasks.append(asyncio.ensure_future(self.receiver.pull_audio(track)))
+                for transceiver in self.pc.getTransceivers():
+                    if transceiver.receiver.track is track:  # the voice and the face packets it carries
+                        voice.listen(transceiver.receiver, self._on_voice, self._on_carried)
 
         @self.pc.on("datachannel")
         def on_datachannel(channel: Any) -> None:
             self._add_channel(channel)
+
+    def _on_voice(self, samples: np.ndarray, rtp: int, nbytes: int) -> None:
+        self.stats.total.audio_bytes_received += nbytes
+        self.receiver.on_audio(samples, self.receiver.clock(), rtp)
+
+    def _on_carried(self, data: bytes) -> None:
+        self.receiver.on_message(data, frames_only=True)
 
     def _add_channel(self, channel: Any) -> None:
         self.channels[channel.label] = channel
@@ -122,7 +134,11 @@ class Peer:
         self._add_media()
         if not self.pc.getTransceivers():
             self.pc.addTransceiver("audio", direction="recvonly")
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+        for transceiver in self.pc.getTransceivers():
+            transceiver.setCodecPreferences(opus)  # the voice is Opus (the receiver decodes it itself: voice.py)
+        await self.pc.setLocalDescription(without_header_extensions(await self.pc.createOffer()))
+        trim(self.pc)
         self.wire.attach(self.pc)
         return self.pc.localDescription
 
@@ -130,6 +146,7 @@ class Peer:
         await self.pc.setRemoteDescription(offer)
         self._add_media()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        trim(self.pc)
         self.wire.attach(self.pc)
         return self.pc.localDescription
 
@@ -139,19 +156,22 @@ class Peer:
         )
 
     async def _keepalive(self) -> None:
-        """Every ``KEEPALIVE_S``: "alive", with the audio bytes this side has sent (aiortc's inbound
-        stats count no bytes, so the receiver learns the audio bitrate on the wire from here)."""
+        """Every ``KEEPALIVE_S``: "alive", unless this side's face rides its voice (which arrives
+        every 20-60 ms: a sign of life already)."""
         while True:
-            self._send_control(control.encode(control.Alive(self.stats.total.audio_bytes_sent)))
+            if self.sender is None or self.sender.face_over_voice is None:
+                self._send_control(control.encode(control.Alive()))
             await asyncio.sleep(KEEPALIVE_S)
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            for report in (await self.pc.getStats()).values():
-                if getattr(report, "kind", None) == "audio" and report.type == "outbound-rtp":
-                    self.stats.total.audio_bytes_sent = report.bytesSent
+            self._count_audio()
             self.stats.tick()
+
+    def _count_audio(self) -> None:
+        if self.sender is not None and self.sender.audio is not None:
+            self.stats.total.audio_bytes_sent = self.sender.audio.opus_bytes  # without the face it carries
 
     async def run(self, connect_timeout: float = 15.0) -> str:
         """Run the call once connected; returns why it ended."""
@@ -162,6 +182,9 @@ class Peer:
         self._tasks += [asyncio.ensure_future(self._keepalive()), asyncio.ensure_future(self._tick())]
         if self.sender is not None:
             frames = self.channels["frames"]
+            if self.sender.face_over_voice is not None:
+                self.sender.face_over_voice.spill = frames
+                frames = self.sender.face_over_voice
             if self.options.loss:
                 frames = LossyChannel(frames, self.options.loss)
             sending = asyncio.ensure_future(self.sender.run(frames, self.channels["control"]))
@@ -188,6 +211,7 @@ class Peer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.pc.close()
+        self._count_audio()
         self.stats.tick()  # the last, partial second
         self.stats.close()
 

@@ -19,7 +19,6 @@ from talkcodec.packet import MAX_FRAMES_PER_PACKET
 CONTROL_VERSION = 1
 MAX_CONTROL_CHARS = 512  # the longest message is ~90 characters; anything longer is refused unread
 MAX_SEQ = 1 << 35  # a varint seq is at most 35 bits on the wire
-MAX_COUNT = 1 << 53  # byte counters: beyond this JSON numbers stop being exact
 
 
 class ControlError(TalkcodecError):
@@ -51,10 +50,9 @@ class Bye:
 
 @dataclass(frozen=True)
 class Alive:
-    """Once a second from each side; ``audio_bytes``: the Opus bytes it has sent so far."""
+    """Every 2 s from a side whose face does not ride its voice: still here."""
 
     type: ClassVar[str] = "alive"
-    audio_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,6 @@ RANGES: dict[str, tuple[float, float]] = {
     "fps": (1.0, 120.0),
     "frames_per_packet": (1, MAX_FRAMES_PER_PACKET),
     "last_seq": (-1, MAX_SEQ),
-    "audio_bytes": (0, MAX_COUNT),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"why": BYE_REASONS}  # the allowed values of every text field
 

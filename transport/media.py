@@ -13,6 +13,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamT
 from talkcodec.api import Frame
 from talkcodec.audio import CALL_AUDIO_FRAME_MS, CALL_AUDIO_KBPS, OPUS_RATE, OpusEncoder, load_audio
 
+from .voice import FaceOverVoice, opus_with_padding
+
 VIDEO_CLOCK = 90000
 
 
@@ -22,12 +24,13 @@ class FileAudioTrack(MediaStreamTrack):
     48000``, the clock the face frames are captured on. It encodes its own Opus (``kbps``,
     ``frame_ms`` 20/40/60: longer packets pay fewer RTP/SRTP/UDP headers, and arrive later) and
     aiortc sends the packets as they are, so every call has its own audio settings. Loops with
-    the video when asked; silence after the end."""
+    the video when asked; silence after the end. ``face``: face packets waiting to ride the voice
+    packets in their padding (``voice.py``)."""
 
     kind = "audio"
 
     def __init__(self, path: str, loop: bool = False, kbps: float = CALL_AUDIO_KBPS,
-                 frame_ms: int = CALL_AUDIO_FRAME_MS):  # fmt: skip
+                 frame_ms: int = CALL_AUDIO_FRAME_MS, face: FaceOverVoice | None = None):  # fmt: skip
         super().__init__()
         samples = load_audio(path, OPUS_RATE)
         self._pcm = np.clip(samples if samples is not None else np.zeros(0, np.float32), -1, 1).astype(np.float32)
@@ -35,6 +38,8 @@ class FileAudioTrack(MediaStreamTrack):
         self._opus = OpusEncoder(int(kbps * 1000), OPUS_RATE, frame_ms)
         self._sent = 0  # samples encoded so far
         self._ready: list[tuple[int, bytes]] = []  # (pts, bytes) encoded, not yet sent
+        self.face = face
+        self.opus_bytes = 0  # Opus bytes handed to aiortc so far (without the face they carry)
         self.started = asyncio.Event()  # set, with start_time, when the call's clock starts
         self.start_time = 0.0
 
@@ -64,6 +69,9 @@ class FileAudioTrack(MediaStreamTrack):
                 await asyncio.sleep(wait)
             self._ready += self._opus.encode(self._next_chunk())
         pts, data = self._ready.pop(0)
+        self.opus_bytes += len(data)
+        if self.face is not None and (padding := self.face.take()):
+            data = opus_with_padding(data, padding)
         packet = av.Packet(data)
         packet.pts = pts
         packet.time_base = fractions.Fraction(1, OPUS_RATE)
@@ -96,14 +104,3 @@ class RegeneratedTrack(VideoStreamTrack):
         out.pts = round(frame.seq * VIDEO_CLOCK / self.fps)
         out.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         return out
-
-
-class MonoResampler:
-    """Received audio frames (any format, layout, rate) -> mono float32 samples at 48 kHz."""
-
-    def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=OPUS_RATE)
-
-    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]  # (1, n) packed -> (n,)
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

@@ -4,7 +4,9 @@
 Channels (both directions share them): ``frames`` is unordered with no retransmission (a late
 frame is a useless frame), ``control`` is reliable and ordered and carries reference images
 (binary talkcodec packets) and control messages (``control.py``: typed, checked JSON text).
-Audio is an ordinary Opus track. Everything from the other side is untrusted: malformed
+Audio is an ordinary Opus track; when the call has one, the frame packets ride in its Opus
+packets' padding instead of the ``frames`` channel (``voice.py``: no headers of their own, no
+SCTP acknowledgements back), and ``frames`` only takes what is too large for that. Everything from the other side is untrusted: malformed
 messages and packets, and more than the receiver holds, are refused and counted.
 
 Sender: capture + encode run in a worker thread paced on the frame clock, feeding a bounded
@@ -31,6 +33,7 @@ from talkcodec.video import read_frames
 
 from . import control
 from .media import FileAudioTrack
+from .voice import FaceOverVoice
 from .stats import CallStats
 
 CHANNEL_BUFFER_LIMIT = 16 * 1024  # bytes waiting in the frames channel before packets are dropped
@@ -76,12 +79,15 @@ def source_frames(source: str, fps: float, loop: bool, seconds: float | None) ->
 class FaceSender:
     def __init__(self, source: str, codec: str = "mesh", settings: dict | None = None, fps: float = 25.0,
                  loop: bool = False, seconds: float | None = None, stats: CallStats | None = None,
-                 audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = CALL_AUDIO_FRAME_MS):  # fmt: skip
+                 audio_kbps: float = CALL_AUDIO_KBPS, audio_frame_ms: int = CALL_AUDIO_FRAME_MS,
+                 face_over_voice: bool = True):  # fmt: skip
         self.source, self.fps, self.loop, self.seconds = source, fps, loop, seconds
         self.codec = get_codec(codec, **(settings or {}))
         self.stats = stats or CallStats()
         has_audio = not source.startswith("/dev/video")
-        self.audio = FileAudioTrack(source, loop, audio_kbps, audio_frame_ms) if has_audio else None
+        # the frame packets' route when the call has a voice (else the frames channel)
+        self.face_over_voice = FaceOverVoice() if has_audio and face_over_voice else None
+        self.audio = FileAudioTrack(source, loop, audio_kbps, audio_frame_ms, self.face_over_voice) if has_audio else None
         self._stop = threading.Event()
         # The slow start-up (mediapipe graphs, opening the input) happens here, before the call
         # connects, so it neither delays the first frames nor stalls the call's event loop.
@@ -126,12 +132,18 @@ class FaceSender:
                 item = kept + (item or []) if item is not None or kept else None
             queue.put_nowait(item)
 
+        def hand(item: list[Packet] | None) -> None:
+            try:
+                loop.call_soon_threadsafe(offer, item)
+            except RuntimeError:  # the call's event loop has closed: nobody to hand packets to
+                self._stop.set()
+
         encoder = self._encoder
         assert encoder is not None
         try:
             if self._first_packets:  # frame 0, encoded ahead, leaves at its time on the clock
                 time.sleep(max(0.0, start - time.time()))
-                loop.call_soon_threadsafe(offer, self._first_packets)
+                hand(self._first_packets)
             for index, frame in enumerate(frames, start=1):
                 if self._stop.is_set():
                     break
@@ -139,14 +151,14 @@ class FaceSender:
                 if delay > 0:
                     time.sleep(delay)
                 elif -delay > 1 / self.fps:  # more than a frame behind: this frame's time has passed
-                    loop.call_soon_threadsafe(offer, encoder.skip())
+                    hand(encoder.skip())
                     self._skipped(index)
                     continue
-                loop.call_soon_threadsafe(offer, encoder.encode(frame))
+                hand(encoder.encode(frame))
             self.input_ended = not self._stop.is_set()
-            loop.call_soon_threadsafe(offer, encoder.flush())  # frames held back for a packet of several
+            hand(encoder.flush())  # frames held back for a packet of several
         finally:
-            loop.call_soon_threadsafe(offer, None)  # the bye leaves now: closing mediapipe can take a while
+            hand(None)  # the bye leaves now: closing mediapipe can take a while
             encoder.close()
 
     def _skipped(self, index: int) -> None:
@@ -162,7 +174,8 @@ class FaceSender:
             )  # fmt: skip
 
     async def run(self, frames: Any, channel: Any) -> None:
-        """Send until the input ends or ``stop()``; then a ``bye``."""
+        """Send until the input ends or ``stop()``; then a ``bye``. ``frames``: where frame packets
+        go (the frames channel or ``face_over_voice``), ``channel``: the control channel."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(maxsize=int(2 * self.fps))
 

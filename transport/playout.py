@@ -6,19 +6,25 @@ two clocks are not synchronised, so playout runs on local time: the least delaye
 so far fixes when frame 0 "arrived" (``frame0``; a packet leaves right after its LAST frame is
 captured, so a packet of frames ``seq .. last`` says frame 0 arrived by ``arrival - last / fps``),
 and frame ``seq`` plays ``delay`` after ``frame0 + seq / fps``. ``delay`` is the playout delay, or
-longer when a frame's data comes later (the audio look-ahead of an audio-driven decoder, frames
-a sender holds back for a packet of several): the longest such wait plus a jitter margin. Audio
-is placed on the same timeline (``stream_time``). Latency figures use the sender's ``t0``
+longer when a frame's data comes later (frames a sender holds back for a packet of several): the
+longest such wait plus a jitter margin. An audio-driven decoder draws frame ``seq`` from the
+voice up to ``lookahead_s`` after it, so its frames also wait for that voice: by how late the
+voice arrives on this timeline (a packet's first sample waits for the whole packet) (the 95th percentile over the last 100 packets, so it follows
+the network both ways) plus a small margin. Audio is placed on the same timeline (``stream_time``). Latency figures use the sender's ``t0``
 (exact only where both share a clock: loopback).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
 JITTER_MARGIN_S = 0.08  # playout margin over the longest wait for a frame's data
+VOICE_MARGIN_S = 0.03  # an audio-driven frame's margin over how late its voice arrives
+VOICE_LATENESS_PACKETS = 100  # how late the voice arrives: over this many recent packets (6 s at 60 ms)
+VOICE_LATENESS_PERCENTILE = 95
 
 
 class PlayoutClock:
@@ -28,6 +34,9 @@ class PlayoutClock:
         self.t0: float | None = None  # the sender's frame clock origin (its own time), from ``start``
         self.frame0 = math.inf  # local time frame 0 arrived by (least delayed estimate so far)
         self.wait_s = 0.0  # the longest a frame must wait for its data
+        self.lookahead_s: float | None = None  # an audio-driven decoder's look-ahead (None: not one)
+        self._voice: deque[float] = deque(maxlen=VOICE_LATENESS_PACKETS)  # arrival - stream time of a packet's start
+        self._voice_late = -math.inf  # their percentile (minus frame0: how late the voice is on this timeline)
         self._early: list[tuple[int, float]] = []  # (last seq, arrival) of packets before ``start``
 
     @property
@@ -47,6 +56,17 @@ class PlayoutClock:
         """Frames must wait ``seconds`` more for their data (kept: the longest wins)."""
         self.wait_s = max(self.wait_s, seconds)
 
+    def needs_audio(self, lookahead_s: float) -> None:
+        """Frames are drawn from the voice up to ``lookahead_s`` after their time."""
+        self.lookahead_s = lookahead_s
+
+    def voice_arrived(self, start_s: float, at: float) -> None:
+        """A voice packet from ``start_s`` on the stream's timeline arrived at local time ``at``
+        (its first sample waited longest: a frame may need the voice from there on)."""
+        self._voice.append(at - start_s)
+        if len(self._voice) >= 5:
+            self._voice_late = float(np.percentile(self._voice, VOICE_LATENESS_PERCENTILE))
+
     def arrived(self, last_seq: int, at: float) -> None:
         """A frame packet whose last frame is ``last_seq`` arrived at local time ``at``."""
         if self.t0 is None:
@@ -57,7 +77,14 @@ class PlayoutClock:
 
     @property
     def delay(self) -> float:
-        return max(self.playout_delay, self.wait_s + JITTER_MARGIN_S)
+        delay = max(self.playout_delay, self.wait_s + JITTER_MARGIN_S)
+        if self.lookahead_s is not None:
+            if math.isfinite(self._voice_late) and math.isfinite(self.frame0):
+                late = self._voice_late - self.frame0 + VOICE_MARGIN_S
+            else:
+                late = JITTER_MARGIN_S  # no voice yet: the margin frames' data has
+            delay = max(delay, self.lookahead_s + late)
+        return delay
 
     def due(self, now: float) -> int:
         """The last seq whose playout time has come (negative before frame 0's)."""
@@ -98,6 +125,7 @@ class AudioPlacer:
         """(stream position of the first sample returned, samples) continuing the chunks placed
         before (silence where packets were lost, cut where they overlap); None when the chunk
         cannot be placed yet (no RTP time and frame 0's time unknown) or lies before frame 0."""
+        given = len(samples)
         if rtp is not None:
             self._origin = rtp if self._origin is None else self._origin
             position = (rtp - self._origin) % 2**32  # RTP time wraps at 32 bits
@@ -120,4 +148,10 @@ class AudioPlacer:
         if not len(samples):
             return None
         self._end = position + len(samples)
+        self.clock.voice_arrived(max(self._end - given, 0) / self.rate, arrived)
         return position, samples
+
+    @property
+    def end_s(self) -> float:
+        """Stream time the voice placed so far reaches (0 before any)."""
+        return (self._end or 0) / self.rate

@@ -32,7 +32,7 @@ from talkcodec.settings import receiver_settings
 from . import control
 from .control import Message
 from .jitter import JitterBuffer
-from .media import MonoResampler, RegeneratedTrack
+from .media import RegeneratedTrack
 from .playout import AudioPlacer, PlayoutClock
 from .sinks import Recording, Sink, VirtualCamera, Window
 from .stats import CallStats
@@ -88,9 +88,11 @@ class FaceReceiver:
         self.failure = why
 
     # -- input from the channels -------------------------------------------------------------
-    def on_message(self, data: bytes | str) -> Message | None:
-        """Handle one message from either channel; returns a control message meant for the sender.
-        Anything malformed is refused and counted (``control_refused``, ``packets_refused``)."""
+    def on_message(self, data: bytes | str, frames_only: bool = False) -> Message | None:
+        """Handle one message from either channel, or (``frames_only``) a packet the voice carried;
+        returns a control message meant for the sender. Anything malformed is refused and counted
+        (``control_refused``, ``packets_refused``), and so is a reference that came with the voice
+        (references take the reliable channel)."""
         self._last_arrival = now = self.clock()
         if isinstance(data, str):
             return self._on_control(data)
@@ -99,6 +101,9 @@ class FaceReceiver:
         except PacketError:
             self.stats.total.packets_refused += 1
             return None  # a damaged packet is a lost packet
+        if frames_only and packet.kind != PacketKind.FRAME:
+            self.stats.total.packets_refused += 1
+            return None
         if self._decoder is None and not self._open_decoder(packet):
             return None
         if packet.kind == PacketKind.FRAME:
@@ -130,8 +135,6 @@ class FaceReceiver:
         elif isinstance(message, control.Bye):
             self._bye = BYE_REASONS[message.why]
             self._last_seq = message.last_seq
-        elif isinstance(message, control.Alive):
-            self.stats.audio_reported(message.audio_bytes)  # as sent by the other side
         return message
 
     def _open_decoder(self, packet: Packet) -> bool:
@@ -142,14 +145,16 @@ class FaceReceiver:
         except TalkcodecError as exc:  # e.g. no weights for the codec the other side speaks
             self.abort(f"cannot decode the other side's {packet.codec} stream: {exc}")
             return False
-        # an audio-driven decoder draws a frame once lookahead_s of audio after it has arrived
-        self.playout.wait(self._decoder.lookahead_s)
+        if self._decoder.uses_audio:  # it draws a frame once lookahead_s of voice after it has arrived
+            self.playout.needs_audio(self._decoder.lookahead_s)
         self._pool.submit(self._decoder.codec.load)  # networks now, on the decode thread, not on frame 0
         return True
 
     def on_audio(self, samples: np.ndarray, arrived: float, rtp: int | None = None) -> None:
         """Received audio (mono, 48 kHz) whose last sample arrived at local time ``arrived``;
-        ``rtp``: its RTP time (48 kHz), which places it on the stream's timeline (``AudioPlacer``)."""
+        ``rtp``: its RTP time (48 kHz), which places it on the stream's timeline (``AudioPlacer``).
+        The voice is a sign of life: the other side has not vanished."""
+        self._last_arrival = arrived
         placed = self.audio.place(samples, arrived, rtp)
         if placed is None:
             return
@@ -160,18 +165,6 @@ class FaceReceiver:
                 self._pool.submit(self._feed_audio, *placed)  # on the decode thread, in order
             except RuntimeError:  # the call is over: the pool is shut down
                 pass
-
-    async def pull_audio(self, track: Any) -> None:
-        """Hand the received audio track's samples to ``on_audio`` until the track ends."""
-        from aiortc.mediastreams import MediaStreamError
-
-        mono = MonoResampler()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            self.on_audio(mono(frame), self.clock(), frame.pts)
 
     def _feed_audio(self, position: int, samples: np.ndarray) -> None:
         """Give an audio-driven decoder the call's audio on the frames' timeline (its time 0 is
@@ -257,6 +250,9 @@ class FaceReceiver:
             self.stats.total.frames_shown += 1
             self.shown.append((frame.seq, frame.concealed))
             self.stats.total.latencies_ms.append(self.playout.latency_ms(frame.seq, self.clock()))
+            if self.playout.lookahead_s is not None:  # how much voice past its look-ahead it was drawn with
+                lead = self.audio.end_s - frame.seq / self.playout.fps - self.playout.lookahead_s
+                self.stats.total.voice_lead_ms.append(1000 * lead)
             self.track.put(frame)
             for sink in self.sinks:
                 sink.show(frame)
