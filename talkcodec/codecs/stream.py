@@ -33,6 +33,7 @@ from ..face import CROP_SIZE, MAX_SIZE, CropSettings, FaceObservation, FaceTrack
 from ..packet import MAX_FRAMES_PER_PACKET, Packet, PacketKind, decode_image, encode_image, pack
 from ..quant import VectorStream
 from ..settings import setting
+from .reference_choice import ReferenceChoice, portrait_score
 
 MAX_REFERENCES = 4  # a decoder keeps the few most recent references
 SIZE_STEP = 16  # a capped size is rounded down to a multiple of this
@@ -64,6 +65,8 @@ class StreamSettings:
     reference_format: str = setting("webp", "how the reference image is coded", choices=("webp", "jpeg"))
     reference_quality: int = setting(90, "the reference image's WebP/JPEG quality", (1, 100))
     refresh_degrees: float = setting(30.0, "resend the reference when the head turns this far from it", (1, 180))
+    reference_search_s: float = setting(3.0, "seconds after the first reference in which a clearly better frame (sharper, "
+                                        "mouth closed, eyes open, frontal) replaces it, at most twice; 0: never", (0, 60))
     crop: bool = setting(True, "false: input frames are already square face crops (the bench's)")
     size: int = setting(CROP_SIZE, "side of the drawn face in pixels: the reference is sent at it, the frames cost the "
                         "same; capped at the face's own size in the input (never upscaled)", (CROP_SIZE, MAX_SIZE))
@@ -141,7 +144,8 @@ class FramePacketizer:
 class StreamEncoder(Encoder):
     """Sender side shared by the codecs: the face front end, reference ids, key and reference
     requests, and when to send a new reference (first frame, moved crop, request, face found
-    again, head turned ``refresh_degrees`` from the reference's). Subclasses say what a frame
+    again, head turned ``refresh_degrees`` from the reference's, a clearly better portrait in
+    the first ``reference_search_s``: ``reference_choice.py``). Subclasses say what a frame
     sends; ``frames_per_packet`` given overrides the settings' (the learned codecs pick it from
     the audio look-ahead)."""
 
@@ -160,6 +164,7 @@ class StreamEncoder(Encoder):
         self._seq, self._ref_id = 0, -1
         self._ref_angles: np.ndarray | None = None  # head angles of the current reference; None: no face in it
         self._want_reference = False
+        self.choice = ReferenceChoice(round(settings.reference_search_s * float(fps)))
 
     @abstractmethod
     def symbols(self, observation: FaceObservation) -> np.ndarray:
@@ -219,8 +224,13 @@ class StreamEncoder(Encoder):
             and np.abs(angles - self._ref_angles).max() > self.settings.refresh_degrees
         )  # fmt: skip
         found_again = symbols is not None and self._ref_angles is None
+        score = None
+        if symbols is not None and (self.choice.searching(self._seq) or found_again or self._ref_id < 0):
+            assert observation.landmarks is not None and angles is not None
+            score = portrait_score(observation.crop, observation.landmarks, angles)
+        better = score is not None and self.choice.better(self._seq, score)
         packets: list[Packet] = []
-        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again:
+        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again or better:
             packets += self.packets.flush()  # frames held back over the old reference go first
             self._ref_id = (self._ref_id + 1) % 256
             settings = self.settings
@@ -229,6 +239,10 @@ class StreamEncoder(Encoder):
                     **self.reference_meta(observation, symbols)}  # fmt: skip
             packets.append(Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id))
             self._ref_angles = angles
+            if score is None and symbols is not None:  # a refresh outside the search: scored for the record
+                assert observation.landmarks is not None and angles is not None
+                score = portrait_score(observation.crop, observation.landmarks, angles)
+            self.choice.sent(self._seq, score)
             self._want_reference, self.packets.want_key = False, True
         packets += self.packets.add(self._seq, self._ref_id, symbols, self.stream, self.key_base)
         self._seq += 1
