@@ -41,8 +41,10 @@ from ..weights import (
     save_checkpoint,
     save_weights,
 )
+from . import distributed
 from .cache import CacheSettings, build_cache
 from .data import Augment, ClipFrames, PairDataset, Split, frame_input, load_clips, split_ranges, validation_pairs
+from .distributed import Ranks
 from .objectives import OBJECTIVES, Objective
 
 
@@ -92,8 +94,11 @@ class Trainer:
                  device: str = "auto", progress: bool = True, model_config: Any = None):  # fmt: skip
         if config.codec not in OBJECTIVES:
             raise TalkcodecError(f"cannot train {config.codec!r}; trainable codecs: {', '.join(OBJECTIVES)}")
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.ranks = Ranks.from_env()  # several under torchrun (distributed.py)
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress and self.ranks.main
         self.device = resolve_device(device)
+        if self.ranks.world > 1:
+            self.device = distributed.start(self.ranks, self.device)
         kind = OBJECTIVES[config.codec]
         start = load_weights(config.init, config.codec) if config.init and model_config is None else None
         try:
@@ -116,8 +121,9 @@ class Trainer:
         self.size: int = model_config.size
         cache = Path(cache_dir) if cache_dir else self.run_dir / "cache"
         self.cache_dir = cache.resolve()
-        if data:
-            build_cache(list(data), cache, CacheSettings(max_seconds=config.max_seconds_per_clip), progress)
+        if data and self.ranks.main:  # one rank preprocesses, the others wait for the cache
+            build_cache(list(data), cache, CacheSettings(max_seconds=config.max_seconds_per_clip), self.progress)
+        distributed.barrier()
         clips = load_clips(cache)
         if kind.needs_audio:
             clips = [c for c in clips if c.has_audio]
@@ -128,7 +134,8 @@ class Trainer:
         train_ranges, _, _ = split_ranges(clips, split)
         augment = Augment(flip=kind.flip) if config.augment else None
         full = CROP_SIZE if config.full_resolution and self.size < CROP_SIZE and kind.blends(model_config) else None
-        self.train_set = PairDataset(clips, self.size, self.mel, ranges=train_ranges, length=config.steps_per_epoch * config.batch_size,
+        length = config.steps_per_epoch * config.batch_size * self.ranks.world  # each rank takes its share of the batches
+        self.train_set = PairDataset(clips, self.size, self.mel, ranges=train_ranges, length=length,
                                      augment=augment, structure=kind.structure, seed=config.seed, full_size=full, posed=kind.posed)  # fmt: skip
         self.val_sets = {
             name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure, full_size=full, posed=kind.posed)
@@ -139,6 +146,9 @@ class Trainer:
             self.objective.perceptual.to(self.device)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas))
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=config.lr, betas=tuple(config.betas))
+        if self.ranks.world > 1:  # every rank starts from rank 0's weights
+            distributed.broadcast_module(self.model)
+            distributed.broadcast_module(self.critic)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
@@ -150,6 +160,9 @@ class Trainer:
                 "mel": dataclasses.asdict(self.mel), "cache": str(self.cache_dir)}  # fmt: skip
 
     def save(self) -> None:
+        """The checkpoint and weights (rank 0 only: written once)."""
+        if not self.ranks.main:
+            return
         tensors = {**module_tensors(self.model, "model."), **module_tensors(self.critic, "critic.")}
         g, g_meta = optimizer_tensors(self.opt_g, "opt_g")
         d, d_meta = optimizer_tensors(self.opt_d, "opt_d")
@@ -221,6 +234,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, dict[str, float]]:
+        """The validation figures (rank 0 only; the other ranks record none)."""
+        if not self.ranks.main:
+            return {}
         self.model.eval()
         results: dict[str, dict[str, float]] = {}
         grids = []
@@ -263,12 +279,16 @@ class Trainer:
             loss, logs = self.objective.generator_loss(batch, outputs, adversarial)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        if self.ranks.world > 1:  # the same averaged gradients, so the same weights, on every rank
+            loss = torch.tensor(distributed.average_gradients(list(self.model.parameters()), loss, self.ranks.world))
         self.opt_g.step()
         if adversarial:
             with self._autocast():
                 critic_loss, critic_logs = self.objective.critic_loss(batch, outputs["image"].float())
             self.opt_d.zero_grad(set_to_none=True)
             critic_loss.backward()
+            if self.ranks.world > 1:
+                distributed.average_gradients(list(self.critic.parameters()), critic_loss, self.ranks.world)
             self.opt_d.step()
             logs.update(critic_logs)
         if not math.isfinite(float(loss.detach())):
@@ -284,6 +304,7 @@ class Trainer:
         if not self.history:  # the untrained model's figures: the baseline the curve starts from
             self.history.append({"epoch": 0, "step": 0, "train": {}, "validation": self.validate(0), "seconds": 0.0})
             self._write_history()
+        world, rank = self.ranks.world, self.ranks.rank
         workers = config.workers if config.workers >= 0 else (8 if self.device.type == "cuda" else 0)
         deadline = time.monotonic() + minutes * 60 if minutes else None
         self.model.train()
@@ -291,7 +312,7 @@ class Trainer:
             epoch = self.step // config.steps_per_epoch + 1
             self.train_set.set_epoch(epoch)
             skip = self.step - (epoch - 1) * config.steps_per_epoch  # resuming mid-epoch
-            indices = range(skip * config.batch_size, len(self.train_set))
+            indices = distributed.batch_indices(rank, world, skip, config.steps_per_epoch, config.batch_size)
             loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.train_set, indices), batch_size=config.batch_size,
                                                  num_workers=workers, drop_last=True, persistent_workers=False)  # fmt: skip
             sums: dict[str, float] = {}
@@ -307,7 +328,10 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", l1=f"{logs.get('l1', 0):.4f}")
-                if deadline is not None and time.monotonic() > deadline:
+                late = deadline is not None and time.monotonic() > deadline
+                if world > 1 and deadline is not None:  # all ranks stop after the same step
+                    late = distributed.any_rank(late)
+                if late:
                     stopped = True
                     break
             bar.close()
@@ -327,11 +351,25 @@ class Trainer:
                 tqdm.write(f"epoch {epoch} (step {self.step}): {figures}")
             if stopped:
                 break
-        if not (self.run_dir / "weights.safetensors").exists():  # no step to take (--epochs 0): export as started
+        if self.ranks.main and not (self.run_dir / "weights.safetensors").exists():  # no step (--epochs 0): as started
             self.export(self.run_dir / "weights.safetensors")
+        if world > 1:
+            self._check_ranks_agree()
         return self.history[-1]
 
+    def _check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights (they took the same averaged steps); rank 0
+        records their checksums in run.json (``rank_checksums``)."""
+        sums = distributed.gathered(distributed.checksum(self.model) + distributed.checksum(self.critic))
+        if self.ranks.main:
+            info = json.loads((self.run_dir / "run.json").read_text())
+            (self.run_dir / "run.json").write_text(json.dumps({**info, "rank_checksums": sums}, indent=1))
+        if len(set(sums)) > 1:
+            raise TalkcodecError(f"the {len(sums)} training processes ended with different weights: {sums}")
+
     def _write_history(self) -> None:
+        if not self.ranks.main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "run.json").write_text(json.dumps(self._run_info(), indent=1))
         with open(self.run_dir / "history.jsonl", "w") as f:
@@ -415,7 +453,16 @@ def train(run_dir: str | Path, settings: dict[str, Any], data: list[str | Path] 
           cache_dir: str | Path | None = None, resume: bool = False, minutes: float | None = None,
           device: str = "auto", progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train a new run from ``settings`` (TrainConfig fields), or resume one (``settings`` then
-    override what the run saved, e.g. more epochs); returns the last history entry."""
+    override what the run saved, e.g. more epochs); returns the last history entry. Under
+    ``torchrun``, every process runs this (``distributed.py``)."""
+    try:
+        return _train(run_dir, settings, data, cache_dir, resume, minutes, device, progress)
+    finally:
+        distributed.stop()
+
+
+def _train(run_dir: str | Path, settings: dict[str, Any], data: list[str | Path] | None, cache_dir: str | Path | None,
+           resume: bool, minutes: float | None, device: str, progress: bool) -> dict[str, Any]:  # fmt: skip
     run_dir = Path(run_dir)
     has_checkpoint = (run_dir / "checkpoint" / "checkpoint.json").exists()
     if not resume:
