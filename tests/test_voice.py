@@ -107,9 +107,9 @@ def test_hostile_voice_packets_never_raise_and_carry_at_most_their_bytes(data):
 
 
 def test_the_receiver_takes_only_frames_from_the_voice(sample_video):
-    import talkcodec
     from talkcodec.transport.receiver import FaceReceiver
 
+    import talkcodec
     from talkcodec.packet import PacketKind
     from talkcodec.video import read_frames
 

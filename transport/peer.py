@@ -6,8 +6,9 @@ frame is a useless frame), ``control`` is reliable and ordered and carries refer
 (binary talkcodec packets) and control messages (``control.py``: typed, checked JSON text).
 Audio is an ordinary Opus track; when the call has one, the frame packets ride in its Opus
 packets' padding instead of the ``frames`` channel (``voice.py``: no headers of their own, no
-SCTP acknowledgements back), and ``frames`` only takes what is too large for that. Everything from the other side is untrusted: malformed
-messages and packets, and more than the receiver holds, are refused and counted.
+SCTP acknowledgements back), and ``frames`` only takes what is too large for that. Everything
+from the other side is untrusted: malformed messages and packets, and more than the receiver
+holds, are refused and counted.
 
 Sender: capture + encode run in a worker thread paced on the frame clock, feeding a bounded
 asyncio queue; the event loop sends, dropping frame packets while the channel's buffer is
@@ -33,8 +34,8 @@ from talkcodec.video import read_frames
 
 from . import control
 from .media import FileAudioTrack
-from .voice import FaceOverVoice
 from .stats import CallStats
+from .voice import FaceOverVoice
 
 CHANNEL_BUFFER_LIMIT = 16 * 1024  # bytes waiting in the frames channel before packets are dropped
 REFERENCE_REQUEST_INTERVAL = 1.0  # the sender honours at most one reference request a second

@@ -8,10 +8,11 @@ captured, so a packet of frames ``seq .. last`` says frame 0 arrived by ``arriva
 and frame ``seq`` plays ``delay`` after ``frame0 + seq / fps``. ``delay`` is the playout delay, or
 longer when a frame's data comes later (frames a sender holds back for a packet of several): the
 longest such wait plus a jitter margin. An audio-driven decoder draws frame ``seq`` from the
-voice up to ``lookahead_s`` after it, so its frames also wait for that voice: by how late the
-voice arrives on this timeline (a packet's first sample waits for the whole packet) (the 95th percentile over the last 100 packets, so it follows
-the network both ways) plus a small margin. Audio is placed on the same timeline (``stream_time``). Latency figures use the sender's ``t0``
-(exact only where both share a clock: loopback).
+voice up to ``lookahead_s`` after it, so its frames also wait for that voice: by how late a voice
+packet's first sample arrives on this timeline (it waits for the whole packet), the 95th
+percentile over the last 100 packets (so the delay follows the network both ways), plus a small
+margin. Audio is placed on the same timeline (``stream_time``). Latency figures use the
+sender's ``t0`` (exact only where both share a clock: loopback).
 """
 
 from __future__ import annotations

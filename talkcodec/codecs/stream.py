@@ -224,13 +224,13 @@ class StreamEncoder(Encoder):
             and np.abs(angles - self._ref_angles).max() > self.settings.refresh_degrees
         )  # fmt: skip
         found_again = symbols is not None and self._ref_angles is None
-        score = None
-        if symbols is not None and (self.choice.searching(self._seq) or found_again or self._ref_id < 0):
+        refresh = self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again
+        score = None  # how good a reference this frame makes: scored when one goes out or may be replaced
+        if symbols is not None and (refresh or self.choice.searching(self._seq)):
             assert observation.landmarks is not None and angles is not None
             score = portrait_score(observation.crop, observation.landmarks, angles)
-        better = score is not None and self.choice.better(self._seq, score)
         packets: list[Packet] = []
-        if self._ref_id < 0 or observation.crop_changed or self._want_reference or turned or found_again or better:
+        if refresh or (score is not None and self.choice.better(self._seq, score)):
             packets += self.packets.flush()  # frames held back over the old reference go first
             self._ref_id = (self._ref_id + 1) % 256
             settings = self.settings
@@ -239,9 +239,6 @@ class StreamEncoder(Encoder):
                     **self.reference_meta(observation, symbols)}  # fmt: skip
             packets.append(Packet(self.codec.codec_id, PacketKind.REFERENCE, self._seq, pack(meta), ref_id=self._ref_id))
             self._ref_angles = angles
-            if score is None and symbols is not None:  # a refresh outside the search: scored for the record
-                assert observation.landmarks is not None and angles is not None
-                score = portrait_score(observation.crop, observation.landmarks, angles)
             self.choice.sent(self._seq, score)
             self._want_reference, self.packets.want_key = False, True
         packets += self.packets.add(self._seq, self._ref_id, symbols, self.stream, self.key_base)
