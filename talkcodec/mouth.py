@@ -8,7 +8,10 @@ speech does not move):  x = R^T (L - t) / s.  Of the lower face (the points belo
 
 with B (K, 3P) orthonormal rows: the principal directions in which faces move mouth and jaw,
 fitted on real tracks with each clip's own mean removed (so who someone is stays out of it:
-jaw opening, lip width, lip rounding, ...), m the mean lower face. A change of coefficients dc
+jaw opening, lip width, lip rounding, ...), m the mean lower face. The directions are ordered
+by what a viewer sees of them (``visible_order``): their share of the lips' motion plus their
+share of the inner-lip gap's, so the first few, which `apb` may send as hints, are the ones that
+open and shape the mouth, not the ones that mostly move the chin or the cheeks. A change of coefficients dc
 moves the lower-face points in the picture by  s R (B^T dc)  (x, y kept).
 
 `apb` sends no mouth: the receiver predicts c from the call's audio (``models.mouth_fuser``),
@@ -24,6 +27,7 @@ import torch
 
 from .codecs.mesh_model import centre_depth, similarity_fit
 from .errors import WeightsError
+from .metrics import INNER_LIP_GAP, LIPS
 
 # Forehead, nose bridge and tip, eye corners, temples (mediapipe face-mesh indices).
 RIGID_POINTS = (10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133, 362, 263, 127, 356, 234, 454, 162, 389)
@@ -40,7 +44,7 @@ class MouthBasis:
     template: np.ndarray  # (R, 3) the rigid points of a unit-RMS canonical face (y down)
     points: np.ndarray  # (P,) int64 landmark indices of the lower face
     mean: np.ndarray  # (3P,) mean canonical lower face, flattened (P, 3)
-    basis: np.ndarray  # (K, 3P) orthonormal rows, by decreasing variance
+    basis: np.ndarray  # (K, 3P) orthonormal rows, the most visible first (``visible_order``)
     scale: np.ndarray  # (K,) standard deviation of each coefficient over the training frames
 
     @property
@@ -63,6 +67,13 @@ class MouthBasis:
         scale, rotation, _ = self.frame(landmarks)
         canonical = (change @ self.basis).reshape(-1, 3)  # (3P,) -> (P, 3)
         return scale * (canonical @ rotation.T)[:, :2]
+
+    def gap_direction(self) -> np.ndarray:
+        """(K,) g with canonical inner-lip gap = g . c + constant (y down: lower lip minus upper)."""
+        position = {int(p): i for i, p in enumerate(self.points)}
+        upper, lower = (position[p] for p in INNER_LIP_GAP)
+        rows = self.basis.reshape(self.size, -1, 3)  # (K, 3P) -> (K, P, 3)
+        return rows[:, lower, 1] - rows[:, upper, 1]
 
     def tensors(self, prefix: str = "mouth.") -> dict[str, torch.Tensor]:
         """The basis as float32 tensors (kept exact in fp16 weights files: ``save_weights(exact=)``)."""
@@ -120,4 +131,19 @@ def fit_mouth_basis(tracks: list[np.ndarray], template: np.ndarray, k: int = 8) 
     signs = np.sign(basis.sum(axis=1) + 1e-12)  # a fixed sign per direction, whatever the SVD chose
     basis = basis * signs[:, None]
     scale = np.maximum((centred @ basis.T).std(axis=0), 1e-6)
-    return MouthBasis(draft.template, points, mean, basis, scale)
+    fitted = MouthBasis(draft.template, points, mean, basis, scale)
+    order = visible_order(fitted)
+    return MouthBasis(draft.template, points, mean, basis[order], scale[order])
+
+
+def visible_order(basis: MouthBasis) -> np.ndarray:
+    """(K,) the directions by what they show, most first: each one's share of the lip points'
+    picture-plane variance plus its share of the inner-lip gap's variance (the principal order
+    ranks by the whole lower face's variance, chin, cheeks and depth included, so it put a
+    direction that hardly opens the mouth third, ahead of one that carries 18 % of the gap)."""
+    rows = basis.basis.reshape(basis.size, -1, 3)  # (K, 3P) -> (K, P, 3)
+    lips = np.flatnonzero(np.isin(basis.points, LIPS))
+    lip_variance = (rows[:, lips, :2] ** 2).sum(axis=(1, 2)) * basis.scale**2
+    gap_variance = (basis.gap_direction() * basis.scale) ** 2
+    share = lip_variance / lip_variance.sum() + gap_variance / max(gap_variance.sum(), 1e-12)
+    return np.argsort(-share, kind="stable")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..audio import MelSettings
 from ..codecs.mesh_model import ShapeModel
 from ..errors import InputError, TalkcodecError
-from ..metrics import INNER_LIP_GAP, correlation
+from ..metrics import correlation
 from ..models.config import bounded, config_from_dict
 from ..models.mouth_fuser import MouthFuser, MouthFuserConfig
 from ..mouth import MAX_HINTS, WEIGHTS_CODEC, MouthBasis, fit_mouth_basis
@@ -87,21 +87,13 @@ def clip_samples(clip: ClipFrames, basis: MouthBasis, mel: MelSettings, fps: flo
     return ClipMouth(clip.name, windows, clip.pose, clip.blink, coefficients, clip.landmarks3d)
 
 
-def gap_direction(basis: MouthBasis) -> np.ndarray:
-    """(K,) g with canonical inner-lip gap = g . c + constant (y down: lower lip minus upper)."""
-    position = {int(p): i for i, p in enumerate(basis.points)}
-    upper, lower = (position[p] for p in INNER_LIP_GAP)
-    rows = basis.basis.reshape(basis.size, -1, 3)  # (K, 3P) -> (K, P, 3)
-    return rows[:, lower, 1] - rows[:, upper, 1]
-
-
 class MouthLoss:
     """Eq. 6 on the lower face + the inner-lip gap term, from normalised coefficients."""
 
     def __init__(self, basis: MouthBasis, gap_weight: float):
         scale = torch.tensor(basis.scale, dtype=torch.float32)
         self.points = torch.tensor(basis.basis, dtype=torch.float32) * scale[:, None]  # (K, 3P): unit -> canonical
-        self.gap = torch.tensor(gap_direction(basis), dtype=torch.float32) * scale  # (K,)
+        self.gap = torch.tensor(basis.gap_direction(), dtype=torch.float32) * scale  # (K,)
         self.gap_weight = gap_weight
 
     def __call__(self, predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -138,7 +130,7 @@ def evaluate(model: MouthFuser, clips: list[ClipMouth], basis: MouthBasis, start
     from ..metrics import LIPS, inter_ocular
 
     model.eval()
-    g = gap_direction(basis)
+    g = basis.gap_direction()
     per_clip = {}
     for clip in clips:
         frames = clip.frames(start, end)
@@ -220,7 +212,8 @@ def fit_fuser(model: MouthFuser, data: MouthData, config: MouthTrainConfig, minu
         blink = torch.from_numpy(np.stack([c.blink[t] for c, t, _ in rows]))
         reference = torch.tensor(np.stack([c.coefficients[r] for c, _, r in rows]), dtype=torch.float32) / scale
         target = torch.tensor(np.stack([c.coefficients[t] for c, t, _ in rows]), dtype=torch.float32) / scale
-        loss, parts = loss_fn(model(mel, pose, blink, reference), target)
+        outputs = model.member_outputs(mel, pose, blink, reference)  # (M, B, K): each member its own loss
+        loss, parts = loss_fn(outputs.flatten(0, 1), target.repeat(len(outputs), 1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,13 +1,16 @@
 """Training the mouth painter (``models.mouth_painter``) on lip-aligned crops from the clip cache.
 
-A sample is (reference r, target t) of one clip, rebuilt as a `mesh` receiver sees it: the shape
+A sample is (reference r, target t) of one clip, rebuilt as a `mesh` receiver sees it: the
+reference is the frame the sender would pick (``reference_choice``: the best portrait within
+3 s, mostly a closed mouth, so the painter learns to open it), the shape
 model codes frame t's landmarks with the codec's 16 coefficients over the reference's identity
 detail; the reference image is warped to those landmarks (the codec's piecewise-affine warp), and
 the crop, lip rasters and paste mask come from them; the truth is frame t cut under the same
 transform. Targets with an open mouth are drawn more often (what the painter is for). Loss: L1 +
 LPIPS-Alex of the pasted crop (the painter's output under the mask, the warp elsewhere).
-Validation: people never trained on (``mouth.HELD_OUT``), the clip's first frame as the
-reference (the bench's protocol), against the warp alone and the dark fill.
+Validation: people never trained on (``mouth.HELD_OUT``), the reference picked in the clip's first
+3 s (the bench's protocol with the codecs' default ``reference_search_s``), against the warp
+alone and the dark fill.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..codecs.mesh_model import ShapeModel
+from ..codecs.reference_choice import portrait_score
 from ..errors import InputError
 from ..face import CROP_SIZE, INNER_LIPS
 from ..metrics import INNER_LIP_GAP, inter_ocular
@@ -39,6 +43,7 @@ from .mouth import HELD_OUT
 
 LPIPS_SIZE = 64  # the bench scores mouth boxes at 64x64
 MESH_COEFFICIENTS = 16  # what `mesh` sends by default: the painter learns its landmarks' errors
+SEARCH_FRAMES = 75  # the codecs' default reference search: 3 s at the cache's 25 fps
 
 
 @dataclass
@@ -87,6 +92,19 @@ def mouth_weights(clip: ClipFrames, frames: np.ndarray) -> np.ndarray:
     return 0.03 + np.clip(gap, 0.0, 0.3)
 
 
+def portrait_scores(clip: ClipFrames, frames: np.ndarray) -> np.ndarray:
+    """(len(frames),) ``portrait_score`` of each frame, as the sender scores its reference candidates."""
+    return np.array([portrait_score(clip.image(i), clip.landmarks[i], clip.pose[i]) for i in frames])
+
+
+def chosen_reference(frames: np.ndarray, scores: np.ndarray, start: int) -> int:
+    """The frame the sender would settle on when the call starts at ``frames[start]``: the best
+    portrait of the next ``SEARCH_FRAMES`` (the sender replaces its first reference by a clearly
+    better one within that window, at most twice: nearly always the best one)."""
+    window = np.flatnonzero((frames >= frames[start]) & (frames < frames[start] + SEARCH_FRAMES))
+    return int(frames[window[np.argmax(scores[window])]])
+
+
 class SampleMaker:
     """Rebuilds what a `mesh` receiver draws for (clip, reference, target)."""
 
@@ -111,22 +129,22 @@ class SampleMaker:
 
 def build_samples(clips: list[ClipFrames], count: int, size: int, rng: np.random.Generator, head: float,
                   first_reference: bool, desc: str, progress: bool) -> PainterSamples:  # fmt: skip
-    """``count`` samples over ``clips`` (frames before ``head`` x length; the reference is the
-    first face frame when ``first_reference``, else any)."""
+    """``count`` samples over ``clips`` (frames before ``head`` x length; the reference is the one
+    chosen at the clip's start when ``first_reference``, else at a random start)."""
     pools = []
-    for clip in clips:
+    for clip in tqdm(clips, desc="portrait scores", disable=not progress):
         frames = np.flatnonzero(clip.face[: int(head * len(clip))])
         if len(frames) > 1:
-            pools.append((clip, frames, mouth_weights(clip, frames)))
+            pools.append((clip, frames, mouth_weights(clip, frames), portrait_scores(clip, frames)))
     if not pools:
         raise InputError("no clip with faces to train the painter on")
-    share = np.array([np.sqrt(len(f)) for _, f, _ in pools])
+    share = np.array([np.sqrt(len(f)) for _, f, _, _ in pools])
     maker, out, names = SampleMaker(size), [], []
     with tqdm(total=count, desc=desc, unit="crop", disable=not progress) as bar:
         while len(out) < count:
-            clip, frames, weights = pools[rng.choice(len(pools), p=share / share.sum())]
-            reference = frames[0] if first_reference else rng.choice(frames)
-            sample = maker(clip, int(reference), int(rng.choice(frames, p=weights / weights.sum())))
+            clip, frames, weights, scores = pools[rng.choice(len(pools), p=share / share.sum())]
+            reference = chosen_reference(frames, scores, 0 if first_reference else int(rng.integers(len(frames))))
+            sample = maker(clip, reference, int(rng.choice(frames, p=weights / weights.sum())))
             if sample is not None:
                 out.append(sample)
                 names.append(clip.name)
