@@ -11,7 +11,7 @@ geometry loss (eq. 6) then is the L1 distance of the lower-face landmarks the co
 With a few minutes of speech to learn from, one network's prediction depends on its random start
 as much as on the data (unseen lip-sync 0.29-0.39 over four starts of one recipe): the fuser is
 the mean of ``members`` such networks, each trained on its own loss (an ensemble), which halves
-that spread for ``members`` times the compute (~1 ms each a frame).
+that spread for ``members`` times the compute (~2 ms each a frame on one CPU core).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class MouthFuserConfig(BranchConfig):
 
     @classmethod
     def small(cls) -> MouthFuserConfig:
-        """What the shipped weights use: 3 members of ~0.45 M parameters, ~1 ms each a frame on one CPU core."""
+        """What the shipped weights use: 3 members of ~0.45 M parameters, ~6 ms a frame for all three on one CPU core."""
         return cls(audio_channels=(32, 48, 64, 96, 128), time_convs=4, hidden=32, latent=128, members=3)
 
     @classmethod

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..codecs.mesh_model import ShapeModel
 from ..codecs.reference_choice import portrait_score
+from ..codecs.stream import StreamSettings
 from ..errors import InputError
 from ..face import CROP_SIZE, INNER_LIPS
 from ..metrics import INNER_LIP_GAP, inter_ocular
@@ -38,12 +39,14 @@ from ..models.pretrained import lpips_alex
 from ..painter import WEIGHTS_CODEC, cut, mouth_crop
 from ..warp import PiecewiseAffineWarp, fill_mouth, polygon_area
 from ..weights import module_tensors, save_weights
+from .cache import CacheSettings
 from .data import ClipFrames, Split, load_clips
 from .mouth import HELD_OUT
 
 LPIPS_SIZE = 64  # the bench scores mouth boxes at 64x64
 MESH_COEFFICIENTS = 16  # what `mesh` sends by default: the painter learns its landmarks' errors
-SEARCH_FRAMES = 75  # the codecs' default reference search: 3 s at the cache's 25 fps
+# the codecs' default reference search (3 s), in the cache's frames
+SEARCH_FRAMES = round(StreamSettings().reference_search_s * CacheSettings().fps)
 
 
 @dataclass
