@@ -6,8 +6,9 @@ import pytest
 import talkcodec
 from talkcodec.codecs.mesh_model import ShapeModel
 from talkcodec.errors import PacketError, WeightsError
+from talkcodec.face import RIGHT_EYE, eye_aspect_ratio
 from talkcodec.metrics import psnr
-from talkcodec.packet import Packet, PacketKind, pack
+from talkcodec.packet import Packet, PacketKind, pack, unpack
 from talkcodec.video import read_frames
 
 FRAMES = 75  # 3 s of the sample
@@ -132,6 +133,51 @@ def test_malformed_reference_is_a_packet_error(stream, meta):
         decoder.decode(Packet(1, PacketKind.REFERENCE, 0, pack(meta)))
 
 
+def _reference_with(wires, **changes) -> Packet:
+    """The stream's reference packet with fields of its payload changed (None: removed)."""
+    packet = Packet.from_bytes(wires[0][0])
+    meta = {**unpack(packet.payload), **changes}
+    return Packet(1, PacketKind.REFERENCE, packet.seq, pack({k: v for k, v in meta.items() if v is not None}),
+                  ref_id=packet.ref_id)  # fmt: skip
+
+
+@pytest.mark.parametrize("eyes", [1, 3, True, "2", -2])
+def test_reference_with_an_invalid_eye_count_is_a_packet_error(stream, eyes):
+    with pytest.raises(PacketError):
+        talkcodec.get_codec("mesh").decoder().read_reference(_reference_with(stream[0], eyes=eyes))
+    with pytest.raises(PacketError):  # the symbols say 2 eye openings, the count none
+        talkcodec.get_codec("mesh").decoder().read_reference(_reference_with(stream[0], eyes=None))
+
+
+def test_sent_eye_openings_close_the_drawn_lids(stream):
+    """The basis alone draws a shut eye half open (it was fitted on open eyes); the sent
+    openings set the lids, and the warp draws the reference's upper lid over the eye."""
+    wires, _ = stream
+    decoder = talkcodec.get_codec("mesh").decoder()
+    reference = decoder.read_reference(Packet.from_bytes(wires[0][0]))
+    own = np.array(unpack(Packet.from_bytes(wires[0][0]).payload)["symbols"], np.int32)  # 6 + 16 + 2
+    shut = own.copy()
+    shut[-2:] = 3  # aspect ratio 0.03 (step 0.01)
+    assert np.allclose(eye_aspect_ratio(decoder.landmarks(reference, own)), own[-2:] / 100, atol=0.01)
+    closed = decoder.landmarks(reference, shut)
+    assert np.allclose(eye_aspect_ratio(closed), 0.03, atol=0.01)
+    eye = closed[list(RIGHT_EYE), :2]
+    (x0, y0), (x1, y1) = eye.min(axis=0).astype(int) - 2, eye.max(axis=0).astype(int) + 3
+    open_image, shut_image = decoder.render(reference, own, 0), decoder.render(reference, shut, 0)
+    changed = np.abs(open_image[y0:y1, x0:x1].astype(int) - shut_image[y0:y1, x0:x1]).mean()
+    elsewhere = np.abs(open_image[200:, :].astype(int) - shut_image[200:, :]).mean()
+    assert changed > 10 and elsewhere == 0
+
+
+def test_a_stream_without_eye_openings_costs_less_and_decodes(sample_video):
+    encoder = talkcodec.get_codec("mesh", eyes=False).encoder(fps=25)
+    wires = [[p.to_bytes() for p in encoder.encode(f)] for f in read_frames(sample_video, fps=25, max_seconds=1)]
+    encoder.close()
+    assert "eyes" not in unpack(Packet.from_bytes(wires[0][0]).payload)
+    _, frames = _decode(wires)
+    assert len(frames) == 25 and not any(f.concealed for f in frames)
+
+
 def test_corrupted_frame_payloads_never_crash(stream):
     wires, _ = stream
     decoder = talkcodec.get_codec("mesh").decoder()
@@ -238,3 +284,24 @@ def test_frames_are_drawn_with_blas_on_one_thread_and_the_setting_is_restored(st
             decoder.decode(Packet.from_bytes(wire))
     assert len(seen) == 5 and all(threads == {1} for threads in seen)
     assert blas_threads() == before
+
+
+def test_a_fitted_shape_model_codes_the_eyes_and_survives_saving(tmp_path):
+    from talkcodec.codecs.mesh_model import fit_shape_model
+    from talkcodec.eyes import set_eye_openings
+    from talkcodec.face import canonical_face_model
+
+    face = ShapeModel.load().synthesize(np.array([0, 0, 0, np.log(44.0), 128, 128]))  # the mean face, crop pixels
+    rng = np.random.default_rng(0)
+    tracks = []
+    for _ in range(3):
+        track = face + rng.normal(0, 0.3, (40, *face.shape))
+        for t, frame in enumerate(track):  # a blink every 20 frames
+            frame[:, :2] = set_eye_openings(frame, np.full(2, 0.02 if t % 20 in (5, 6) else 0.3))
+        tracks.append(track)
+    fitted = fit_shape_model(tracks, canonical_face_model())
+    fitted.save(tmp_path / "m.safetensors")
+    loaded = ShapeModel.load(tmp_path / "m.safetensors")
+    assert np.allclose(loaded.eyes.step, 0.01) and np.array_equal(loaded.eyes.key_centre, [30, 30])
+    assert 1 < loaded.eyes.key_scale.min() < 10  # the blinks' spread around the open eye, in steps
+    assert np.allclose(loaded.basis, fitted.basis, atol=1e-6)

@@ -31,15 +31,13 @@ import torch
 
 from ..audio import MelSettings
 from ..errors import PacketError, WeightsError
+from ..eyes import EYE_CONTOURS, IRISES, set_eye_openings
 from ..face import (
     CROP_SIZE,
     INNER_LIPS,
-    LEFT_EYE,
     NUM_LANDMARKS,
-    RIGHT_EYE,
     FaceObservation,
     HeadPoseEstimator,
-    aspect_ratio,
     eye_aspect_ratio,
 )
 from ..models.apb import APBConfig, APBModel
@@ -58,15 +56,6 @@ BLINK_STEP = 0.01
 POSITION_STEP_CM = (0.05, 0.05, 0.1)  # x, y: ~0.5 px for a face filling the crop; z: ~0.3 % of its size
 CODING_STEP = np.array([POSE_STEP_DEG] * 3 + [BLINK_STEP] * 2 + list(POSITION_STEP_CM))
 
-# mediapipe's eye contours and irises (subject's right eye first)
-EYE_CONTOURS = (
-    (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246),
-    (249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466),
-)
-EYE_CORNERS = ((33, 133), (263, 362))
-IRISES = (tuple(range(468, 473)), tuple(range(473, 478)))
-OPENING_SCALES = np.linspace(0.02, 2.5, 249)  # eyelid scales tried (steps of 0.01)
-
 
 def pose_blink_vector(pose: np.ndarray, blink: np.ndarray, position: np.ndarray) -> np.ndarray:
     """(8,) = yaw, pitch, roll in degrees, the right and left eye aspect ratios, head x, y, z (cm)."""
@@ -79,7 +68,9 @@ def landmark_vector(landmarks: np.ndarray, head: HeadPoseEstimator) -> np.ndarra
     return pose_blink_vector(angles, eye_aspect_ratio(landmarks), position)
 
 
-def posed_landmarks(landmarks: np.ndarray, head: HeadPoseEstimator, reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
+def posed_landmarks(
+    landmarks: np.ndarray, head: HeadPoseEstimator, reference: np.ndarray, frame: np.ndarray
+) -> np.ndarray:
     """The reference's (478, 2+) landmarks moved to a frame: every face point by the motion of the
     canonical face's vertex from the reference's 6-DoF head pose to the frame's (``reference``,
     ``frame``: vectors as ``pose_blink_vector`` makes them), irises with their eyes, then each
@@ -89,16 +80,7 @@ def posed_landmarks(landmarks: np.ndarray, head: HeadPoseEstimator, reference: n
     moved[:468] += motion
     for iris, eye in zip(IRISES, EYE_CONTOURS):
         moved[list(iris)] += motion[list(eye)].mean(axis=0)
-    for eye, iris, (a, b), ratio_points, target in zip(EYE_CONTOURS, IRISES, EYE_CORNERS, (RIGHT_EYE, LEFT_EYE), frame[3:5]):
-        axis = moved[b] - moved[a]
-        normal = np.array([-axis[1], axis[0]]) / max(float(np.linalg.norm(axis)), 1e-6)
-        # the eyelid scale whose eye aspect ratio is the frame's (the turned head has already changed it)
-        six = moved[list(ratio_points)]  # (6, 2)
-        trials = six + (OPENING_SCALES[:, None, None] - 1) * ((six - moved[a]) @ normal)[None, :, None] * normal  # (S, 6, 2)
-        scale = OPENING_SCALES[np.argmin(np.abs(aspect_ratio(trials) - target))]
-        points = list(eye) + list(iris)
-        moved[points] += np.outer((scale - 1.0) * ((moved[points] - moved[a]) @ normal), normal)
-    return moved
+    return set_eye_openings(moved, frame[3:5])
 
 
 @dataclass(frozen=True)
@@ -159,8 +141,9 @@ class PosedReference:
 class APBSettings(LearnedSettings):
     # Off by default: the shipped CPU-trained networks draw the mouth region blurrier than the
     # posed reference shows it (docs/MODELS.md) and decode 4x slower.
-    refine: bool = setting(False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference",
-                           receiver=True)
+    refine: bool = setting(
+        False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference", receiver=True
+    )
     mouth: str = setting("audio", "receiver: audio = the mouth follows the call's audio (the mouth fuser); "
                          "reference = the reference's mouth, moved with the head only (and by hints, if sent)",
                          choices=("audio", "reference"), receiver=True)  # fmt: skip
@@ -243,7 +226,9 @@ class APBCodec(LearnedCodec):
         if not self.settings.hints:
             return vector
         assert observation.landmarks is not None
-        return np.concatenate([vector, self.mouth_model.basis.coefficients(observation.landmarks)[: self.settings.hints]])
+        return np.concatenate(
+            [vector, self.mouth_model.basis.coefficients(observation.landmarks)[: self.settings.hints]]
+        )
 
     def reference_extras(self, observation: FaceObservation) -> dict[str, Any]:
         assert observation.landmarks is not None

@@ -1,16 +1,17 @@
 """`mesh`: the training-free codec. Sends face-mesh motion, warps the reference image.
 
 Sender: mediapipe landmarks of the 256x256 crop -> shape-model parameters (pose + K basis
-coefficients, ``mesh_model.py``) -> uniform quantization -> entropy coding (static Laplace
+coefficients, ``mesh_model.py``) and both eyes' openings (aspect ratios) -> uniform quantization -> entropy coding (static Laplace
 model, range coder) of the symbols themselves in key packets and of their difference from the key's
 in delta packets. Every delta depends only on its key, so a lost packet costs one frame.
 
-Receiver: parameters -> landmarks -> piecewise-affine warp of the reference image from the
+Receiver: parameters -> landmarks, each eye's lids set to its sent opening (``eyes.py``: the
+basis alone draws a shut eye half open) -> piecewise-affine warp of the reference image from the
 reference's landmarks to these (``warp.py``) -> mouth-interior fill where the mouth opens
 wider than in the reference.
 
 The reference packet carries the image (WebP/JPEG), the reference's own landmarks (float16)
-and the stream's settings (K, precision), so a decoder needs nothing but the stream.
+and the stream's settings (K, precision, eye openings or not), so a decoder needs nothing but the stream.
 An empty frame payload means "no face in this frame: hold the last frame".
 """
 
@@ -24,7 +25,8 @@ import numpy as np
 
 from ..api import Codec
 from ..errors import PacketError
-from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation
+from ..eyes import set_eye_openings
+from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation, eye_aspect_ratio
 from ..packet import Packet, unpack
 from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
 from ..quant import VectorCoding, VectorStream
@@ -38,6 +40,7 @@ from .stream import StreamDecoder, StreamEncoder, StreamReference, StreamSetting
 @dataclass(frozen=True)
 class MeshSettings(StreamSettings):
     coefficients: int = setting(16, "basis coefficients per frame (expression + shape detail)", (1, MAX_COEFFICIENTS))
+    eyes: bool = setting(True, "send both eyes' openings a frame (about +0.2 kbps): the receiver closes the lids on a blink")
     mouth_fill: str = setting("painter", MOUTH_FILL_HELP, choices=MOUTH_FILLS, receiver=True)
     painter: str | None = setting(None, "mouth painter weights; null = the ones shipped with talkcodec", receiver=True)
     model: str | None = setting(None, "path to a shape model; null = the one shipped with talkcodec", receiver=True)
@@ -48,14 +51,18 @@ def _load_model(path: str | None) -> ShapeModel:
     return ShapeModel.load(path)
 
 
-def mesh_stream(model: ShapeModel, coefficients: int, precision: float) -> VectorStream:
-    """The coders of the pose + ``coefficients`` parameters at ``precision`` (both ends)."""
+EYE_VALUES = 2  # right, left eye opening, after the parameters when a stream sends them
+
+
+def mesh_stream(model: ShapeModel, coefficients: int, precision: float, eyes: bool) -> VectorStream:
+    """The coders of the pose + ``coefficients`` parameters (+ the 2 eye openings) at ``precision`` (both ends)."""
     size = POSE_PARAMS + coefficients
     step = model.step[:size] * precision
-    return VectorStream(VectorCoding(
+    coding = VectorCoding(
         step, np.rint(model.key_centre[:size] / step), np.maximum(model.key_scale[:size] / precision, 0.2),
         np.maximum(model.delta_scale[:, :size] / precision, 0.2),
-    ))  # fmt: skip
+    )  # fmt: skip
+    return VectorStream(coding.then(model.eyes.scaled(precision)) if eyes else coding)
 
 
 @register_codec("mesh")
@@ -80,17 +87,22 @@ class MeshEncoder(StreamEncoder):
     def __init__(self, codec: MeshCodec, fps: Fraction):
         super().__init__(codec, fps, codec.settings)
         self.mesh = codec
-        self.stream = mesh_stream(codec.model, codec.settings.coefficients, codec.settings.precision)
+        self.stream = mesh_stream(codec.model, codec.settings.coefficients, codec.settings.precision, codec.settings.eyes)
 
     def symbols(self, observation: FaceObservation) -> np.ndarray:
         assert observation.landmarks is not None
-        return self.stream.quantizer.quantize(self.mesh.model.analyse(observation.landmarks, self.settings.coefficients))
+        values = self.mesh.model.analyse(observation.landmarks, self.settings.coefficients)
+        if self.settings.eyes:
+            values = np.concatenate([values, eye_aspect_ratio(observation.landmarks)])
+        return self.stream.quantizer.quantize(values)
 
     def head_angles(self, observation: FaceObservation, symbols: np.ndarray) -> np.ndarray:
         return self.stream.quantizer.dequantize(symbols)[:3]  # the rotation vector, degrees
 
     def reference_meta(self, observation: FaceObservation, symbols: np.ndarray | None) -> dict[str, object]:
         meta: dict[str, object] = {"k": self.settings.coefficients, "precision": self.settings.precision}
+        if self.settings.eyes:
+            meta["eyes"] = EYE_VALUES
         if observation.landmarks is not None and symbols is not None:
             meta["landmarks"] = observation.landmarks.astype("<f2").tobytes()  # (478, 3) float16
             meta["symbols"] = symbols.tolist()
@@ -102,6 +114,7 @@ class _Reference(StreamReference):
     landmarks: np.ndarray | None = None  # (478, 3) as sent
     residual: np.ndarray | None = None  # canonical-space identity detail
     mouth_area: float = 0.0
+    coefficients: int = 0  # K: the symbols after the pose and the K coefficients are the eye openings
 
 
 class MeshDecoder(StreamDecoder):
@@ -109,14 +122,14 @@ class MeshDecoder(StreamDecoder):
         super().__init__(codec, reference)
         self.mesh = codec
         self.mouth_fill = MouthFill(codec.settings.mouth_fill, codec.settings.painter)
-        self._streams: dict[tuple[int, float], VectorStream] = {}
+        self._streams: dict[tuple[int, float, bool], VectorStream] = {}
 
-    def _stream(self, k: int, precision: float) -> VectorStream:
-        if (k, precision) not in self._streams:
+    def _stream(self, k: int, precision: float, eyes: bool) -> VectorStream:
+        if (k, precision, eyes) not in self._streams:
             if len(self._streams) >= 8:  # a stream changes settings rarely; bound what a peer can make us hold
                 self._streams.clear()
-            self._streams[(k, precision)] = mesh_stream(self.mesh.model, k, precision)
-        return self._streams[(k, precision)]
+            self._streams[(k, precision, eyes)] = mesh_stream(self.mesh.model, k, precision, eyes)
+        return self._streams[(k, precision, eyes)]
 
     def read_reference(self, packet: Packet) -> _Reference:
         meta = unpack(packet.payload)
@@ -126,25 +139,37 @@ class MeshDecoder(StreamDecoder):
             raise PacketError("mesh reference packet with invalid stream settings")
         if not 0.05 <= precision <= 100:
             raise PacketError("mesh reference packet with invalid precision")
+        eyes = meta.get("eyes", 0)
+        if eyes not in (0, EYE_VALUES) or isinstance(eyes, bool):
+            raise PacketError("mesh reference packet with an invalid eye count")
         if "landmarks" not in meta:
             return _Reference(image, None)
         raw, symbols = meta["landmarks"], meta.get("symbols")
         if not isinstance(raw, bytes) or len(raw) != NUM_LANDMARKS * 3 * 2:
             raise PacketError("mesh reference packet with malformed landmarks")
-        if not isinstance(symbols, list) or len(symbols) != POSE_PARAMS + k or not all(isinstance(s, int) for s in symbols):
+        if not isinstance(symbols, list) or len(symbols) != POSE_PARAMS + k + eyes or not all(isinstance(s, int) for s in symbols):
             raise PacketError("mesh reference packet with malformed parameters")
         landmarks = np.frombuffer(raw, dtype="<f2").reshape(NUM_LANDMARKS, 3).astype(np.float64)  # (478, 3)
         if not np.isfinite(landmarks).all() or np.abs(landmarks).max() > 4 * CROP_SIZE:
             raise PacketError("mesh reference landmarks out of range")
-        stream = self._stream(k, float(precision))
-        params = stream.quantizer.dequantize(np.clip(np.array(symbols), -(1 << 14), 1 << 14))
+        stream = self._stream(k, float(precision), bool(eyes))
+        params = stream.quantizer.dequantize(np.clip(np.array(symbols), -(1 << 14), 1 << 14))[: POSE_PARAMS + k]
         return _Reference(image, stream, landmarks=landmarks, residual=self.mesh.model.residual(landmarks, params),
-                          mouth_area=polygon_area(landmarks[list(INNER_LIPS), :2]))  # fmt: skip
+                          mouth_area=polygon_area(landmarks[list(INNER_LIPS), :2]), coefficients=k)  # fmt: skip
+
+    def landmarks(self, reference: StreamReference, symbols: np.ndarray) -> np.ndarray:
+        """(478, 3) the frame's landmarks in crop pixels: the shape model's, the lids set to the sent openings."""
+        assert isinstance(reference, _Reference) and reference.stream is not None
+        values = reference.stream.quantizer.dequantize(symbols)
+        params = POSE_PARAMS + reference.coefficients
+        landmarks = self.mesh.model.synthesize(values[:params], reference.residual)
+        if len(values) > params:
+            landmarks[:, :2] = set_eye_openings(landmarks, values[params:])
+        return landmarks
 
     def render(self, reference: StreamReference, symbols: np.ndarray, seq: int) -> np.ndarray:
-        assert isinstance(reference, _Reference) and reference.stream is not None and reference.landmarks is not None
-        params = reference.stream.quantizer.dequantize(symbols)
-        landmarks = self.mesh.model.synthesize(params, reference.residual)  # (478, 3) crop pixels
+        assert isinstance(reference, _Reference) and reference.landmarks is not None
+        landmarks = self.landmarks(reference, symbols)
         size = reference.image.shape[0]
         scale = size / CROP_SIZE  # crop pixels -> the picture's
         image = warp_at(size)(reference.image, reference.landmarks[:, :2] * scale, landmarks[:, :2] * scale)

@@ -5,7 +5,9 @@
 with R a rotation (sent as a rotation vector in degrees), s the scale (sent as log s), t the
 2D translation (z is dropped: mediapipe landmarks are weak-perspective), c the K basis
 coefficients, and r the reference face's residual (identity detail the basis misses; the
-receiver gets it once, with the reference image). The model (mean, basis, quantization steps
+receiver gets it once, with the reference image). The basis does not carry a blink (a shut
+eye's aspect ratio, 0.015, comes back as 0.22), so a frame may also carry both eyes' openings,
+coded by ``eyes``; the receiver sets the lids to them (``talkcodec.eyes``). The model (mean, basis, quantization steps
 and entropy-coder scales) is fitted offline on real landmark tracks by ``fit_shape_model`` and
 ships as ``talkcodec/data/mesh_model.safetensors``.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from ..errors import WeightsError
+from ..face import eye_aspect_ratio
 from ..quant import MAX_KEY_DISTANCE, VectorCoding
 
 POSE_PARAMS = 6  # rotation vector (3, degrees), log scale, tx, ty
@@ -32,6 +35,7 @@ ROTATION_STEP_DEG = 0.2
 LOG_SCALE_STEP = 0.003
 TRANSLATION_STEP_PX = 0.25
 COEFFICIENT_STEP_PX = 0.25  # the largest landmark displacement one coefficient step may cause
+EYE_STEP = 0.01  # eye aspect ratio (~0.3 open, < 0.15 shut), as `apb` sends it
 
 
 def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -64,6 +68,7 @@ class ShapeModel:
     key_scale: np.ndarray  # (6 + 32,) Laplace scale of key symbols around `key_centre`, in steps
     key_centre: np.ndarray  # (6 + 32,) typical parameter values
     delta_scale: np.ndarray  # (64, 6 + 32) Laplace scale of (symbol - key symbol) by key distance
+    eyes: VectorCoding  # the two eye openings (aspect ratios) a frame may carry after the parameters
     info: dict
 
     @classmethod
@@ -77,7 +82,8 @@ class ShapeModel:
             with open(source, "rb") as f:  # metadata lives in the safetensors header
                 header_len = int.from_bytes(f.read(8), "little")
                 info = json.loads(json.loads(f.read(min(header_len, 1 << 20)))["__metadata__"]["info"])
-            model = cls(**{k: tensors[k].astype(np.float64) for k in _TENSORS}, info=info)
+            eyes = VectorCoding.from_arrays(tensors, EYES_PREFIX)
+            model = cls(**{k: tensors[k].astype(np.float64) for k in _TENSORS}, eyes=eyes, info=info)
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
             raise WeightsError(f"{source}: not a valid mesh shape model ({exc})") from None
         params = POSE_PARAMS + MAX_COEFFICIENTS
@@ -89,12 +95,15 @@ class ShapeModel:
                 raise WeightsError(f"{source}: tensor {name} is {value.shape}, expected finite {shape}")
         if (model.step <= 0).any() or (model.key_scale <= 0).any() or (model.delta_scale <= 0).any():
             raise WeightsError(f"{source}: quantization steps and scales must be positive")
+        if eyes.step.shape != (2,):
+            raise WeightsError(f"{source}: eye coding for {len(eyes.step)} values, expected 2")
         return model
 
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
         tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in _TENSORS}
+        tensors.update(self.eyes.to_arrays(EYES_PREFIX))
         save_file(tensors, str(path), metadata={"info": json.dumps(self.info)})
 
     def analyse(self, landmarks: np.ndarray, k: int, iterations: int = 2) -> np.ndarray:
@@ -136,6 +145,12 @@ class ShapeModel:
 
 
 _TENSORS = ("mean", "basis", "step", "key_scale", "key_centre", "delta_scale")
+EYES_PREFIX = "eyes."
+
+
+def fit_eye_coding(tracks: list[np.ndarray]) -> VectorCoding:
+    """The eye openings' coding, fitted on (T, 478, 2+) landmark tracks (25 fps)."""
+    return VectorCoding.fit([np.stack([eye_aspect_ratio(x) for x in track]) for track in tracks], np.full(2, EYE_STEP))
 
 
 def fit_shape_model(tracks: list[np.ndarray], canonical: np.ndarray, names: list[str] | None = None) -> ShapeModel:
@@ -160,7 +175,8 @@ def fit_shape_model(tracks: list[np.ndarray], canonical: np.ndarray, names: list
     basis = vt[:MAX_COEFFICIENTS]  # (32, 1434)
 
     # Quantization steps in physical units at the median face scale.
-    draft = ShapeModel(mean, basis, np.ones(POSE_PARAMS + MAX_COEFFICIENTS), *(np.ones(1),) * 3, info={})
+    eyes = fit_eye_coding(tracks)
+    draft = ShapeModel(mean, basis, np.ones(POSE_PARAMS + MAX_COEFFICIENTS), *(np.ones(1),) * 3, eyes=eyes, info={})
     params = [np.stack([draft.analyse(x, MAX_COEFFICIENTS) for x in track]) for track in tracks]
     all_params = np.concatenate(params)
     face_scale = float(np.exp(np.median(all_params[:, 3])))
@@ -169,8 +185,8 @@ def fit_shape_model(tracks: list[np.ndarray], canonical: np.ndarray, names: list
         [[ROTATION_STEP_DEG] * 3, [LOG_SCALE_STEP], [TRANSLATION_STEP_PX] * 2, COEFFICIENT_STEP_PX / (face_scale * largest_move)]
     )
     coding = VectorCoding.fit(params, step)  # entropy-coder statistics of the quantized tracks
-    info = {"fitted_on": names or [], "frames": int(len(shapes)), "face_scale_px": face_scale}
-    return ShapeModel(mean, basis, step, coding.key_scale, coding.key_centre * step, coding.delta_scale, info)
+    info = {"fitted_on": names or [], "frames": len(shapes), "face_scale_px": face_scale}
+    return ShapeModel(mean, basis, step, coding.key_scale, coding.key_centre * step, coding.delta_scale, eyes, info)
 
 
 def landmark_tracks(path: str | Path, fps: float = 25.0, max_seconds: float | None = None) -> list[np.ndarray]:
