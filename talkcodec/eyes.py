@@ -19,6 +19,7 @@ UPPER_LIDS = ((246, 161, 160, 159, 158, 157, 173), (466, 388, 387, 386, 385, 384
 LOWER_LIDS = ((7, 163, 144, 145, 153, 154, 155), (249, 390, 373, 374, 380, 381, 382))
 EYE_CONTOURS = tuple(tuple(sorted(c + u + w)) for c, u, w in zip(EYE_CORNERS, UPPER_LIDS, LOWER_LIDS))
 IRISES = (tuple(range(468, 473)), tuple(range(473, 478)))
+EYE_STEP = 0.01  # the quantization step of a sent opening (`apb`, `mesh`), before the codec's precision
 UPPER_SHARE = 0.8  # of a blink's travel, the upper lid's (the lower lid rises a little)
 OPENING_RANGE = (0.03, 2.5)  # the lids' gap as a fraction of the landmarks' own
 

@@ -31,7 +31,7 @@ import torch
 
 from ..audio import MelSettings
 from ..errors import PacketError, WeightsError
-from ..eyes import EYE_CONTOURS, IRISES, set_eye_openings
+from ..eyes import EYE_CONTOURS, EYE_STEP, IRISES, set_eye_openings
 from ..face import (
     CROP_SIZE,
     INNER_LIPS,
@@ -52,9 +52,8 @@ from ..weights import load_weights
 from .learned import LearnedCodec, LearnedSettings, build_network, shipped_weights, to_image, to_tensor
 
 POSE_STEP_DEG = 0.5
-BLINK_STEP = 0.01
 POSITION_STEP_CM = (0.05, 0.05, 0.1)  # x, y: ~0.5 px for a face filling the crop; z: ~0.3 % of its size
-CODING_STEP = np.array([POSE_STEP_DEG] * 3 + [BLINK_STEP] * 2 + list(POSITION_STEP_CM))
+CODING_STEP = np.array([POSE_STEP_DEG] * 3 + [EYE_STEP] * 2 + list(POSITION_STEP_CM))
 
 
 def pose_blink_vector(pose: np.ndarray, blink: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -68,9 +67,7 @@ def landmark_vector(landmarks: np.ndarray, head: HeadPoseEstimator) -> np.ndarra
     return pose_blink_vector(angles, eye_aspect_ratio(landmarks), position)
 
 
-def posed_landmarks(
-    landmarks: np.ndarray, head: HeadPoseEstimator, reference: np.ndarray, frame: np.ndarray
-) -> np.ndarray:
+def posed_landmarks(landmarks: np.ndarray, head: HeadPoseEstimator, reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
     """The reference's (478, 2+) landmarks moved to a frame: every face point by the motion of the
     canonical face's vertex from the reference's 6-DoF head pose to the frame's (``reference``,
     ``frame``: vectors as ``pose_blink_vector`` makes them), irises with their eyes, then each
@@ -141,9 +138,8 @@ class PosedReference:
 class APBSettings(LearnedSettings):
     # Off by default: the shipped CPU-trained networks draw the mouth region blurrier than the
     # posed reference shows it (docs/MODELS.md) and decode 4x slower.
-    refine: bool = setting(
-        False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference", receiver=True
-    )
+    refine: bool = setting(False, "receiver: run the paper's networks (fuser + AdaConv reenactor) over the posed reference",
+                           receiver=True)
     mouth: str = setting("audio", "receiver: audio = the mouth follows the call's audio (the mouth fuser); "
                          "reference = the reference's mouth, moved with the head only (and by hints, if sent)",
                          choices=("audio", "reference"), receiver=True)  # fmt: skip
@@ -226,9 +222,7 @@ class APBCodec(LearnedCodec):
         if not self.settings.hints:
             return vector
         assert observation.landmarks is not None
-        return np.concatenate(
-            [vector, self.mouth_model.basis.coefficients(observation.landmarks)[: self.settings.hints]]
-        )
+        return np.concatenate([vector, self.mouth_model.basis.coefficients(observation.landmarks)[: self.settings.hints]])
 
     def reference_extras(self, observation: FaceObservation) -> dict[str, Any]:
         assert observation.landmarks is not None

@@ -7,8 +7,8 @@ with R a rotation (sent as a rotation vector in degrees), s the scale (sent as l
 coefficients, and r the reference face's residual (identity detail the basis misses; the
 receiver gets it once, with the reference image). The basis does not carry a blink (a shut
 eye's aspect ratio, 0.015, comes back as 0.22), so a frame may also carry both eyes' openings,
-coded by ``eyes``; the receiver sets the lids to them (``talkcodec.eyes``). The model (mean, basis, quantization steps
-and entropy-coder scales) is fitted offline on real landmark tracks by ``fit_shape_model`` and
+coded by ``eyes``; the receiver sets the lids to them (``talkcodec.eyes``). The model (mean,
+basis, quantization steps and entropy-coder scales) is fitted offline on real landmark tracks by ``fit_shape_model`` and
 ships as ``talkcodec/data/mesh_model.safetensors``.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from ..errors import WeightsError
+from ..eyes import EYE_STEP
 from ..face import eye_aspect_ratio
 from ..quant import MAX_KEY_DISTANCE, VectorCoding
 
@@ -35,7 +36,6 @@ ROTATION_STEP_DEG = 0.2
 LOG_SCALE_STEP = 0.003
 TRANSLATION_STEP_PX = 0.25
 COEFFICIENT_STEP_PX = 0.25  # the largest landmark displacement one coefficient step may cause
-EYE_STEP = 0.01  # eye aspect ratio (~0.3 open, < 0.15 shut), as `apb` sends it
 
 
 def similarity_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
