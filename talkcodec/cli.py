@@ -118,14 +118,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.trainer import train
 
     settings = parse_settings(args.set)
-    if args.codec in ("mouth", "painter"):
+    if args.codec in ("mouth", "painter", "avfr"):
         return _train_mouth(args, settings)
     for key, value in (("codec", args.codec), ("model", args.model), ("epochs", args.epochs),
                        ("steps_per_epoch", args.steps), ("batch_size", args.batch)):  # fmt: skip
         if value is not None:
             settings[key] = value
     if not args.resume and "codec" not in settings:
-        raise TalkcodecError("--codec is required for a new run (avfr or apb)")
+        raise TalkcodecError("--codec is required for a new run (apb, avfr, mouth, painter)")
     if not args.resume and not args.data and not args.cache:
         raise TalkcodecError("--data is required for a new run (clip files or folders), or --cache with a built cache")
     last = train(args.out, settings, args.data, args.cache, args.resume, args.minutes, args.device, not args.quiet)
@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _train_mouth(args: argparse.Namespace, settings: dict) -> None:
-    """The mouth models (apb's audio -> mouth fuser, the mouth painter): minutes from a clip cache."""
+    """The vector and crop models (apb's audio -> mouth fuser, the mouth painter, avfr's mouth coder): minutes from a clip cache."""
     from .training.cache import CacheSettings, build_cache
 
     if args.resume or args.model or args.epochs or args.batch:
@@ -147,6 +147,15 @@ def _train_mouth(args: argparse.Namespace, settings: dict) -> None:
         build_cache(list(args.data), cache, CacheSettings(), not args.quiet)
     elif not cache.is_dir():
         raise TalkcodecError("--data is required (clip files or folders), or --cache with a built cache")
+    if args.codec == "avfr":
+        from .training.mouth_code import train_mouth_code
+
+        validation = train_mouth_code(args.out, settings, cache, args.minutes, not args.quiet)["validation"]
+        for name, part in (("people never trained on", validation["unseen"]), ("the trained-on clips' tails", validation["tail"])):
+            if part["mouth_landmark"] is not None:
+                print(f"{args.out}: {name}: lip-sync {part['lip_sync'] or 0:.3f}, mouth landmarks {part['mouth_landmark']:.4f}")
+        print(f"weights: {Path(args.out) / 'weights.safetensors'} (use: --set weights=...)")
+        return
     if args.codec == "painter":
         from .training.painter import train_painter
 
@@ -362,14 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a learned codec (avfr, apb) or a mouth model on talking-head clips")
     p.add_argument("--codec", choices=["avfr", "apb", "mouth", "painter"],
-                   help="which networks to train (mouth: apb's audio -> mouth model; painter: the mouth painter)")
+                   help="which networks to train (apb: its image networks; avfr: its mouth coder; mouth: the audio -> mouth model; "
+                        "painter: the mouth painter)")
     p.add_argument("--data", nargs="+", metavar="CLIPS", help="video files or folders (preprocessed once into the cache)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoint, weights, samples, curves")
     p.add_argument("--cache", metavar="DIR", help="preprocessed-clip cache (default RUN_DIR/cache); share it between runs")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--model", choices=["tiny", "small", "paper"], help="network size (default small: CPU-trainable)")
     p.add_argument("--epochs", type=int, help="epochs to train to (default 10)")
-    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100; mouth, painter: in all, default 1500, 400)")
+    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100; mouth, painter, avfr: in all, default 1500, 400, 3000)")
     p.add_argument("--batch", type=int, help="batch size (default 8)")
     p.add_argument("--minutes", type=float, help="stop after this long, with a checkpoint to --resume from")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -379,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("enroll", help="fine-tune a learned codec on your own footage (a personal weights file)")
-    p.add_argument("--codec", required=True, choices=["avfr", "apb"])
+    p.add_argument("--codec", required=True, choices=["apb"])
     p.add_argument("--video", required=True, help="a video of you talking: the first 80 %% trains, the rest measures")
     p.add_argument("--out", required=True, help="the personal .safetensors to write")
     p.add_argument("--weights", help="weights to start from (default: the ones shipped with talkcodec)")

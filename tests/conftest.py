@@ -87,27 +87,32 @@ def moving_face(astronaut_frame):
 
 @pytest.fixture(scope="session")
 def tiny_weights():
-    """``tiny_weights(codec, path, seed=0)``: a weights file of a tiny random `avfr` or `apb`
-    network with coding statistics fitted on random tracks (for plumbing, not pictures)."""
+    """``tiny_weights(codec, path, seed=0)``: a weights file of a tiny random `avfr` (mouth coder,
+    over the shipped mouth model) or `apb` network with coding statistics fitted on random tracks
+    (for plumbing, not pictures)."""
     import torch
     from talkcodec.models.apb import APBConfig, APBModel
-    from talkcodec.models.avfr import AVFRConfig, AVFRModel
+    from talkcodec.models.mouth_coder import MouthCoder, MouthCoderConfig
 
     from talkcodec.audio import MelSettings
-    from talkcodec.codecs import apb, avfr
+    from talkcodec.codecs.learned import shipped_weights
+    from talkcodec.codecs.posed import CODING_STEP, load_mouth_model
     from talkcodec.quant import VectorCoding
     from talkcodec.training.trainer import export_weights
 
     def make(codec: str, path: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
+        info = {}
         if codec == "avfr":
-            model = AVFRModel(AVFRConfig.tiny())
-            step = avfr.coding_step(model.config.num_kp)
+            mouth = load_mouth_model(str(shipped_weights("apb_mouth")))
+            model = MouthCoder(MouthCoderConfig(coefficients=mouth.basis.size, code=3, hidden=8))
+            step = np.concatenate([CODING_STEP, np.ones(model.config.code)])
+            info = {"mouth_model": mouth.fingerprint}
         else:
             model = APBModel(APBConfig.tiny())
-            step = apb.CODING_STEP
+            step = CODING_STEP
         rng = np.random.default_rng(seed)
         tracks = [np.cumsum(rng.normal(0, 0.01, (50, len(step))), axis=0) * step / step.min()]
-        return export_weights(path, codec, model, VectorCoding.fit(tracks, step), MelSettings())
+        return export_weights(path, codec, model, VectorCoding.fit(tracks, step), MelSettings(), info)
 
     return make

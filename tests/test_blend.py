@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from talkcodec.models.apb import APBConfig, APBModel
-from talkcodec.models.avfr import AVFRConfig, AVFRModel
 from talkcodec.models.blocks import blend_warped, make_grid, resize
 
 from talkcodec.training.data import rescale_affine
@@ -46,29 +45,13 @@ def test_a_full_resolution_blend_shrunk_is_the_network_size_blend(weight: float)
     assert (resize(full, S) - small).abs().mean() < 0.01
 
 
-def _avfr_inputs(config: AVFRConfig, full: torch.Tensor) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    s = config.size
-    return {"source": resize(full, s), "source_mesh": torch.rand(1, 1, s, s, generator=g), "source_mask": torch.ones(1, 1, s, s),
-            "driving": resize(full, s), "driving_mesh": torch.rand(1, 1, s, s, generator=g), "driving_mask": torch.ones(1, 1, s, s),
-            "mel": torch.randn(1, config.audio.n_mels, config.audio.steps, generator=g) * 4 - 5}  # fmt: skip
-
-
-@pytest.mark.parametrize("codec", ["avfr", "apb"])
-def test_networks_draw_at_the_full_resolution_they_are_given(codec: str):
+def test_networks_draw_at_the_full_resolution_they_are_given():
     torch.manual_seed(0)
-    if codec == "avfr":
-        config = AVFRConfig.tiny()
-        model, full = AVFRModel(config).eval(), smooth(1, 4 * config.size)
-        x = _avfr_inputs(config, full)
-        with torch.no_grad():
-            small, large = model(**x)["image"], model(**x, full_resolution=full)["image"]
-    else:
-        config = APBConfig.tiny()
-        model, full = APBModel(config).eval(), smooth(1, 4 * config.size)
-        args = (resize(full, config.size), torch.randn(1, config.fuser.n_mels, config.fuser.steps), torch.zeros(1, 3), torch.full((1, 2), 0.3))
-        with torch.no_grad():
-            small, large = model(*args)["image"], model(*args, full_resolution=full)["image"]
+    config = APBConfig.tiny()
+    model, full = APBModel(config).eval(), smooth(1, 4 * config.size)
+    args = (resize(full, config.size), torch.randn(1, config.fuser.n_mels, config.fuser.steps), torch.zeros(1, 3), torch.full((1, 2), 0.3))
+    with torch.no_grad():
+        small, large = model(*args)["image"], model(*args, full_resolution=full)["image"]
     assert small.shape[-1] == config.size and large.shape[-1] == 4 * config.size
     # the same picture drawn larger (an untrained network draws noise, which up- then down-sampling smooths a little)
     assert (resize(large, config.size) - small).abs().mean() < 0.04

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from talkcodec.codecs.apb import landmark_vector, pose_blink_vector, posed_landmarks
+from talkcodec.codecs.posed import landmark_vector, pose_blink_vector, posed_landmarks
 from talkcodec.eyes import EYE_CORNERS, IRISES
 from talkcodec.face import CROP_SIZE, NUM_LANDMARKS, HeadPoseEstimator, eye_aspect_ratio
 

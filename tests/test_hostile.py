@@ -225,10 +225,10 @@ def test_a_hostile_weights_config_is_a_weights_error_within_a_second(tiny_apb, t
 
 def test_every_network_config_field_has_a_range():
     from talkcodec.models.apb import APBConfig
-    from talkcodec.models.avfr import AVFRConfig
     from talkcodec.models.config import unbounded_fields
+    from talkcodec.models.mouth_coder import MouthCoderConfig
 
-    assert unbounded_fields(APBConfig) == [] and unbounded_fields(AVFRConfig) == []
+    assert unbounded_fields(APBConfig) == [] and unbounded_fields(MouthCoderConfig) == []
 
 
 config_values = st.integers(-(2**70), 2**70) | st.floats() | st.booleans() | st.none() | st.text(max_size=5)

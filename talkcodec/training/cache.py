@@ -24,11 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..audio import MelSettings, load_audio, log_mel, opus_round_trip
-from ..codecs.avfr import MASK_SIZE
 from ..errors import InputError
 from ..face import CROP_SIZE, CropSettings, FaceTracker
 from ..video import probe, read_frames
 
+MASK_SIZE = 64  # the person mask kept per frame (the cache format; no network reads it now)
 CACHE_VERSION = 2  # 2: landmarks keep z (the mouth model's canonical frame needs it)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 

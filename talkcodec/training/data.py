@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..audio import MelSettings
-from ..codecs.avfr import detector_inputs
 from ..errors import InputError
 from ..face import CROP_SIZE, HeadPoseEstimator
 from ..warp import PiecewiseAffineWarp
@@ -119,31 +118,17 @@ def _colour(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.nd
     return np.clip(image * brightness, 0, 1)
 
 
-@dataclass
-class FrameInput:
-    image: np.ndarray  # (3, S, S) float32 in [0, 1]
-    mesh: np.ndarray  # (1, S, S) mesh raster
-    mask: np.ndarray  # (1, S, S)
-
-
-def frame_input(
-    clip: ClipFrames, index: int, size: int, matrix: np.ndarray | None,
-    colour: tuple[np.random.Generator, float] | None, structure: bool = True, picture: np.ndarray | None = None,
-) -> FrameInput:  # fmt: skip
-    """One frame at ``size`` px, through the augmentation ``matrix`` (the same for a pair's frames);
-    ``picture``: a (256, 256, 3) image to use instead of the cached frame (without structure)."""
-    if structure:
-        landmarks = clip.landmarks[index] if clip.face[index] else None
-        image, mesh, mask, _ = detector_inputs(clip.image(index), landmarks, clip.mask[index].astype(np.float32) / 255, size, matrix)
-    else:
-        picture = clip.image(index) if picture is None else picture
-        image = cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        if matrix is not None:
-            image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        mesh = mask = np.zeros((1, 1), np.float32)
+def frame_input(clip: ClipFrames, index: int, size: int, matrix: np.ndarray | None,
+                colour: tuple[np.random.Generator, float] | None, picture: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """(3, S, S) float32 in [0, 1]: one frame at ``size`` px, through the augmentation ``matrix``
+    (the same for a pair's frames); ``picture``: a (256, 256, 3) image instead of the cached frame."""
+    picture = clip.image(index) if picture is None else picture
+    image = cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    if matrix is not None:
+        image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     if colour is not None:
         image = _colour(image, *colour).astype(np.float32)
-    return FrameInput(image.transpose(2, 0, 1).copy(), mesh[None], mask[None])  # (H, W, 3) -> (3, H, W)
+    return image.transpose(2, 0, 1).copy()  # (H, W, 3) -> (3, H, W)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -156,7 +141,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(
         self, clips: list[ClipFrames], size: int, mel: MelSettings, fps: float = 25.0,
         ranges: list[tuple[int, int, int]] | None = None, pairs: list[tuple[int, int, int]] | None = None,
-        length: int = 1000, augment: Augment | None = None, structure: bool = True, seed: int = 0,
+        length: int = 1000, augment: Augment | None = None, seed: int = 0,
         full_size: int | None = None, posed: bool = False,
     ):  # fmt: skip
         self.clips, self.size, self.mel, self.fps = clips, size, mel, fps
@@ -164,7 +149,7 @@ class PairDataset(torch.utils.data.Dataset):
         # the source is the source frame moved to the driving frame's head pose (``apb``'s posed reference)
         self.posed = posed
         self._warp = PiecewiseAffineWarp(CROP_SIZE) if posed else None
-        self.augment, self.structure, self.seed, self.epoch = augment, structure, seed, 0
+        self.augment, self.seed, self.epoch = augment, seed, 0
         self.pairs = pairs
         if pairs is None:
             self.ranges = [(c, a, b) for c, a, b in (ranges or []) if b - a >= 2]
@@ -200,15 +185,14 @@ class PairDataset(torch.utils.data.Dataset):
             return (np.random.default_rng((self.seed, self.epoch, item, 1)), self.augment.colour) if self.augment else None
 
         picture = self._posed(clip, source, driving) if self.posed else None
-        src = frame_input(clip, source, self.size, matrix, colour(), self.structure, picture)
-        drv = frame_input(clip, driving, self.size, matrix, colour(), self.structure)
+        src = frame_input(clip, source, self.size, matrix, colour(), picture)
+        drv = frame_input(clip, driving, self.size, matrix, colour())
         pose, blink = clip.pose[driving].copy(), clip.blink[driving].copy()
         if flip:
             pose[[0, 2]] *= -1  # mirrored yaw and roll
             blink = blink[::-1].copy()
         sample = {
-            "source": src.image, "driving": drv.image, "source_mesh": src.mesh, "driving_mesh": drv.mesh,
-            "source_mask": src.mask, "driving_mask": drv.mask,
+            "source": src, "driving": drv,
             "landmarks": clip.landmarks[driving] / CROP_SIZE * 2 - 1,  # (478, 2) in [-1, 1] of the crop, un-augmented
             "mel": clip.mel_window(driving, self.fps, self.mel), "pose": pose, "blink": blink,
             "face": np.array(bool(clip.face[driving])),
@@ -216,13 +200,13 @@ class PairDataset(torch.utils.data.Dataset):
         if self.full_size is not None:
             full = None if matrix is None else rescale_affine(matrix, self.size, self.full_size)
             for key, index, image in (("source_full", source, picture), ("driving_full", driving, None)):
-                sample[key] = frame_input(clip, index, self.full_size, full, colour(), False, image).image
+                sample[key] = frame_input(clip, index, self.full_size, full, colour(), image)
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
 
     def _posed(self, clip: ClipFrames, source: int, driving: int) -> np.ndarray | None:
         """The source frame warped to the driving frame's 6-DoF head pose and eye openings, exactly
-        as an `apb` receiver moves its reference (``codecs.apb.posed_landmarks``); None without both faces."""
-        from ..codecs.apb import landmark_vector, posed_landmarks
+        as an `apb` receiver moves its reference (``codecs.posed.posed_landmarks``); None without both faces."""
+        from ..codecs.posed import landmark_vector, posed_landmarks
 
         if not (clip.face[source] and clip.face[driving]):
             return None

@@ -1,6 +1,6 @@
 """Training on several processes, GPUs or machines with PyTorch's own launcher:
 
-    torchrun --nproc_per_node 2 -m talkcodec.cli train --codec avfr --data CLIPS --out RUN
+    torchrun --nproc_per_node 2 -m talkcodec.cli train --codec apb --data CLIPS --out RUN
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; each process (rank) trains on its
 own share of every epoch's batches (``batch_indices``) and the gradients are averaged across
@@ -9,8 +9,7 @@ rank holds the same weights after every step. Rank 0 alone builds the cache and 
 checkpoint, weights and history (a resumed run reads them on every rank).
 
 Why not ``DistributedDataParallel``: the critics' WGAN-GP gradient penalty differentiates
-through a gradient (double backward), which DDP does not support, and ``avfr``'s equivariance
-loss calls the keypoint detector outside the network's forward. One all-reduce of all
+through a gradient (double backward), which DDP does not support. One all-reduce of all
 gradients a step is what DDP does, less its overlap of communication with the backward pass.
 """
 

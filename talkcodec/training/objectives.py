@@ -1,8 +1,7 @@
-"""The training objectives of the two learned codecs: networks, critic and weighted losses.
+"""The training objective of `apb`'s image networks: networks, critic and weighted losses.
 
-AVFR-GAN (eq. 4): L1 reconstruction + VGG perceptual + FOMM equivariance (keypoints and
-jacobians) + adversarial (multi-scale patch discriminator, eq. 3) + discriminator feature
-matching. APB2FaceV2: 1 * L_geo (landmark L1) + 100 * L1 + 1 * L_adv (WGAN with gradient
+(`avfr` has no image network: its mouth coder trains on vectors, ``training.mouth_code``.)
+APB2FaceV2: 1 * L_geo (landmark L1) + 100 * L1 + 1 * L_adv (WGAN with gradient
 penalty, PatchGAN critic), plus an optional perceptual term. Weights are overridable by name.
 """
 
@@ -15,21 +14,13 @@ import torch
 from torch import nn
 
 from ..models.apb import APBConfig, APBModel
-from ..models.avfr import AVFRConfig, AVFRModel
 from ..models.blocks import resize
 from ..models.discriminators import (
-    MultiScaleDiscriminator,
-    MultiScaleDiscriminatorConfig,
     PatchDiscriminator,
     PatchDiscriminatorConfig,
 )
 from ..models.losses import (
     PerceptualLoss,
-    RandomTPS,
-    equivariance_losses,
-    feature_matching_loss,
-    gan_discriminator_loss,
-    gan_generator_loss,
     gradient_penalty,
     wgan_critic_loss,
     wgan_generator_loss,
@@ -43,7 +34,6 @@ class Objective(ABC):
 
     codec: ClassVar[str]
     default_weights: ClassVar[dict[str, float]]
-    structure: ClassVar[bool]  # batches need mesh rasters and masks
     flip: ClassVar[bool]  # horizontal flips keep the targets valid
     needs_audio: ClassVar[bool]  # train only on clips with audio
     posed: ClassVar[bool]  # the source is moved to the driving frame's head pose first, as the receiver does
@@ -120,61 +110,10 @@ class Objective(ABC):
         return total, logs
 
 
-class AVFRObjective(Objective):
-    codec = "avfr"
-    default_weights = {"l1": 10.0, "perceptual": 1.0, "equivariance_value": 10.0, "equivariance_jacobian": 1.0,
-                       "adversarial": 0.1, "feature_matching": 1.0}  # fmt: skip
-    structure, flip, needs_audio, posed = True, True, False, False
-    presets = {"tiny": AVFRConfig.tiny, "small": AVFRConfig.small, "paper": AVFRConfig}
-    config_class = AVFRConfig
-
-    @staticmethod
-    def audio_steps(config: AVFRConfig) -> int:
-        return config.audio.steps
-
-    @staticmethod
-    def blends(config: AVFRConfig) -> bool:
-        return config.generator.image_blend
-
-    def build_model(self, config: AVFRConfig) -> AVFRModel:
-        return AVFRModel(config)
-
-    def build_critic(self) -> nn.Module:
-        small = self.config.size <= 128  # a CPU-size generator gets a critic of its size
-        return MultiScaleDiscriminator(MultiScaleDiscriminatorConfig(block_expansion=16 if small else 32))
-
-    def generate(self, batch: Batch) -> dict[str, Any]:
-        return self.model(batch["source"], batch["source_mesh"], batch["source_mask"],
-                          batch["driving"], batch["driving_mesh"], batch["driving_mask"], batch["mel"],
-                          full_resolution=batch.get("source_full"))  # fmt: skip
-
-    def generator_loss(self, batch: Batch, outputs: dict[str, Any], adversarial: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        image = outputs["image"]
-        target = self.target(batch, image)
-        terms = {"l1": (image - target).abs().mean()}
-        if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual_loss(image, target)
-        tps = RandomTPS(image.shape[0], device=image.device)
-        value, jacobian = equivariance_losses(
-            self.model.keypoint_detector, batch["driving"], batch["driving_mesh"], batch["driving_mask"],
-            outputs["kp_driving"], tps,
-        )  # fmt: skip
-        terms["equivariance_value"], terms["equivariance_jacobian"] = value, jacobian
-        if adversarial:
-            fake, real = self.critic(self.network_view(image)), self.critic(batch["driving"])
-            terms["adversarial"] = gan_generator_loss(fake)
-            terms["feature_matching"] = feature_matching_loss(real, fake)
-        return self._total(terms)
-
-    def critic_loss(self, batch: Batch, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = gan_discriminator_loss(self.critic(batch["driving"]), self.critic(self.network_view(fake.detach())))
-        return loss, {"critic": float(loss.detach())}
-
-
 class APBObjective(Objective):
     codec = "apb"
     default_weights = {"geometry": 1.0, "l1": 100.0, "adversarial": 1.0, "perceptual": 1.0, "gradient_penalty": 10.0}
-    structure, flip, needs_audio, posed = False, False, True, True
+    flip, needs_audio, posed = False, True, True
     presets = {"tiny": APBConfig.tiny, "small": APBConfig.small, "paper": APBConfig}
     config_class = APBConfig
 
@@ -216,4 +155,4 @@ class APBObjective(Objective):
         return loss, {"critic": float(wasserstein.detach()), "gradient_penalty": float(penalty.detach())}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"avfr": AVFRObjective, "apb": APBObjective}
+OBJECTIVES: dict[str, type[Objective]] = {"apb": APBObjective}

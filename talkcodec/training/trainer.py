@@ -43,7 +43,7 @@ from ..weights import (
 )
 from . import distributed
 from .cache import CacheSettings, build_cache
-from .data import Augment, ClipFrames, PairDataset, Split, frame_input, load_clips, split_ranges, validation_pairs
+from .data import Augment, ClipFrames, PairDataset, Split, load_clips, split_ranges, validation_pairs
 from .distributed import Ranks
 from .objectives import OBJECTIVES, Objective
 
@@ -136,9 +136,9 @@ class Trainer:
         full = CROP_SIZE if config.full_resolution and self.size < CROP_SIZE and kind.blends(model_config) else None
         length = config.steps_per_epoch * config.batch_size * self.ranks.world  # each rank takes its share of the batches
         self.train_set = PairDataset(clips, self.size, self.mel, ranges=train_ranges, length=length,
-                                     augment=augment, structure=kind.structure, seed=config.seed, full_size=full, posed=kind.posed)  # fmt: skip
+                                     augment=augment, seed=config.seed, full_size=full, posed=kind.posed)  # fmt: skip
         self.val_sets = {
-            name: PairDataset(clips, self.size, self.mel, pairs=pairs, structure=kind.structure, full_size=full, posed=kind.posed)
+            name: PairDataset(clips, self.size, self.mel, pairs=pairs, full_size=full, posed=kind.posed)
             for name, pairs in validation_pairs(clips, split, config.val_per_clip).items() if pairs
         }  # fmt: skip
         self.model, self.critic = self.objective.model.to(self.device), self.objective.critic.to(self.device)
@@ -196,31 +196,15 @@ class Trainer:
     def coding(self) -> VectorCoding:
         """Quantization steps and entropy-coder scales of the vector the codec sends, fitted
         on the training frames (consecutive runs of each clip)."""
-        from ..codecs import apb, avfr
+        from ..codecs.posed import CODING_STEP, landmark_vector
 
         train_ranges, _, _ = split_ranges(self.clips, Split(tuple(self.config.held_out), self.config.tail))
         runs = [(c, run) for c, a, b in train_ranges for run in _face_runs(self.clips[c].face, a, b)]
-        if self.config.codec == "apb":
-            tracks = []
-            for c, run in runs:  # the 6-DoF pose along each run, solved in order as a sender does
-                head = HeadPoseEstimator(CROP_SIZE)
-                tracks.append(np.stack([apb.landmark_vector(self.clips[c].landmarks[i], head) for i in run]))
-            return VectorCoding.fit(tracks, apb.CODING_STEP)
-        self.model.eval()
         tracks = []
-        with torch.inference_mode():
-            for c, run in runs:
-                vectors = []
-                for i in run[:100]:  # 4 s of each run is plenty
-                    f = frame_input(self.clips[c], i, self.size, None, None)
-                    kp = self.model.keypoints(
-                        *(torch.from_numpy(x)[None].to(self.device) for x in (f.image, f.mesh, f.mask))
-                    )
-                    vectors.append(avfr.keypoint_vector(kp))
-                tracks.append(np.stack(vectors))
-        self.model.train()
-        num_kp = self.model_config.num_kp
-        return VectorCoding.fit(tracks, avfr.coding_step(num_kp))
+        for c, run in runs:  # the 6-DoF pose along each run, solved in order as a sender does
+            head = HeadPoseEstimator(CROP_SIZE)
+            tracks.append(np.stack([landmark_vector(self.clips[c].landmarks[i], head) for i in run]))
+        return VectorCoding.fit(tracks, CODING_STEP)
 
     def export(self, path: Path) -> None:
         last = self.history[-1] if self.history else {}
