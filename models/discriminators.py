@@ -1,4 +1,4 @@
-"""Discriminators: AVFR's multi-scale patch discriminator and APB2FaceV2's PatchGAN critic.
+"""Discriminator: APB2FaceV2's PatchGAN critic (for WGAN-GP).
 
 Images are (B, 3, H, W) in [0, 1].
 """
@@ -8,77 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
-
-from .blocks import resize
-
-
-@dataclass
-class MultiScaleDiscriminatorConfig:
-    scales: tuple[float, ...] = (1.0, 0.5)  # one discriminator per input scale
-    block_expansion: int = 32  # channels of the first block; doubled per block
-    num_blocks: int = 4
-    max_features: int = 256
-    spectral_norm: bool = True  # spectral norm on every conv; False: instance norm instead
-
-
-class _DownBlock(nn.Module):
-    """4x4 conv (spectral norm, or instance norm after it) -> LeakyReLU(0.2) -> optional 2x average pool."""
-
-    def __init__(self, in_ch: int, out_ch: int, use_sn: bool, use_norm: bool, pool: bool):
-        super().__init__()
-        conv = nn.Conv2d(in_ch, out_ch, 4, 1, 1)
-        self.conv = spectral_norm(conv) if use_sn else conv
-        self.norm = nn.InstanceNorm2d(out_ch, affine=True) if use_norm else nn.Identity()
-        self.pool = pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.norm(self.conv(x)), 0.2)
-        return F.avg_pool2d(x, 2) if self.pool else x
-
-
-class PatchDiscriminator2d(nn.Module):
-    """One scale: a stack of down blocks, then a 1x1 conv to patch logits."""
-
-    def __init__(self, config: MultiScaleDiscriminatorConfig):
-        super().__init__()
-        sn, blocks, in_ch = config.spectral_norm, [], 3
-        for i in range(config.num_blocks):
-            out_ch = min(config.max_features, config.block_expansion * 2**i)
-            use_norm = not sn and i > 0  # no norm on the first block (as in pix2pix / FOMM)
-            blocks.append(_DownBlock(in_ch, out_ch, sn, use_norm, pool=i < config.num_blocks - 1))
-            in_ch = out_ch
-        self.blocks = nn.ModuleList(blocks)
-        conv = nn.Conv2d(in_ch, 1, 1)
-        self.head = spectral_norm(conv) if sn else conv
-
-    def forward(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(B, 3, H, W) -> (features of every block, logits (B, 1, h, w))."""
-        features, x = [], image * 2 - 1  # [0, 1] -> [-1, 1]
-        for block in self.blocks:
-            x = block(x)
-            features.append(x)
-        return features, self.head(x)
-
-
-class MultiScaleDiscriminator(nn.Module):
-    """One patch discriminator per scale (AVFR-GAN / FOMM); the image is resized for each."""
-
-    def __init__(self, config: MultiScaleDiscriminatorConfig | None = None):
-        super().__init__()
-        self.config = config or MultiScaleDiscriminatorConfig()
-        self.discs = nn.ModuleList(PatchDiscriminator2d(self.config) for _ in self.config.scales)
-
-    def forward(self, image: torch.Tensor) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
-        """(B, 3, H, W) -> per scale: (features for feature matching, patch logits (B, 1, h, w))."""
-        h, w = image.shape[-2:]
-        outputs = []
-        for scale, disc in zip(self.config.scales, self.discs):
-            scaled = resize(image, (round(h * scale), round(w * scale)))
-            outputs.append(disc(scaled))
-        return outputs
 
 
 @dataclass

@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--model", choices=["tiny", "small", "paper"], help="network size (default small: CPU-trainable)")
     p.add_argument("--epochs", type=int, help="epochs to train to (default 10)")
-    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100; mouth, painter, avfr: in all, default 1500, 400, 3000)")
+    p.add_argument("--steps", type=int, help="optimisation steps per epoch (default 100; mouth, painter, avfr: in all, default 1500, 400, 1500)")
     p.add_argument("--batch", type=int, help="batch size (default 8)")
     p.add_argument("--minutes", type=float, help="stop after this long, with a checkpoint to --resume from")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
-
-from talkcodec.codecs.posed import load_mouth_model
-from talkcodec.codecs.mesh_model import ShapeModel
-from talkcodec.errors import WeightsError
-from talkcodec.face import INNER_LIPS
 from talkcodec.models.config import unbounded_fields
 from talkcodec.models.mouth_fuser import MouthFuser, MouthFuserConfig
-from talkcodec.quant import VectorCoding
+
+from talkcodec.codecs.mesh_model import ShapeModel
+from talkcodec.codecs.posed import load_mouth_model
+from talkcodec.errors import WeightsError
+from talkcodec.face import INNER_LIPS
 from talkcodec.mouth import RIGID_POINTS, WEIGHTS_CODEC, MouthBasis, fit_mouth_basis, lower_face_points
+from talkcodec.quant import VectorCoding
 from talkcodec.weights import module_tensors, save_weights
 
 TEMPLATE = ShapeModel.load().mean  # (478, 3) unit-RMS canonical face, y down
