@@ -152,7 +152,7 @@ def test_a_flood_before_start_is_bounded_and_counted():
     assert held.bytes <= held.max_bytes and len(held) <= held.capacity
     assert receiver.stats.total.packets_refused == 1000 - len(held) > 900
     assert peak < 16 << 20  # the buffer's 2 MiB, a packet being read, the mesh decoder's tables
-    assert elapsed < 1.0
+    assert elapsed < 5.0  # refused at the door (~0.5-2 s on the shared 2-core machine, under tracemalloc); decoding them would take minutes
 
 
 def test_the_jitter_buffer_bounds_packets_and_bytes_in_every_state():
