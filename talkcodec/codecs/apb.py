@@ -107,9 +107,7 @@ class APBCodec(PosedCodec):
 
     def prepare(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any]) -> PosedReference:
         hints = len(vector) - len(CODING_STEP)  # ``stream_coding`` has checked the count
-        state = self.posed_reference(image, vector, meta, moves=bool(hints) or self.settings.mouth == "audio")
-        state.hints = hints
-        return state
+        return self.posed_reference(image, vector, meta, moves=bool(hints) or self.settings.mouth == "audio", hints=hints)
 
     @property
     def draws_with_audio(self) -> bool:

@@ -114,7 +114,6 @@ class LearnedCodec(Codec):
 
     Settings = LearnedSettings
     settings: LearnedSettings
-    segmentation: bool = False  # the sender needs the person mask
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)
@@ -220,7 +219,7 @@ class LearnedCodec(Codec):
 
 class LearnedEncoder(StreamEncoder):
     def __init__(self, codec: LearnedCodec, fps: Fraction):
-        super().__init__(codec, fps, codec.settings, codec.segmentation, codec.frames_per_packet(fps))
+        super().__init__(codec, fps, codec.settings, codec.frames_per_packet(fps))
         self.learned = codec
         self.stream = codec.stream
 

@@ -167,7 +167,8 @@ class PosedCodec(LearnedCodec):
         assert observation.landmarks is not None
         return {"landmarks": observation.landmarks.astype("<f2").tobytes()}  # (478, 3) float16
 
-    def posed_reference(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any], moves: bool) -> PosedReference:
+    def posed_reference(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any], moves: bool,
+                        hints: int = 0) -> PosedReference:  # fmt: skip
         """Receiver: the reference's landmarks from its packet (untrusted), its mouth coefficients when ``moves``."""
         raw = meta.get("landmarks")
         if not isinstance(raw, bytes) or len(raw) not in (NUM_LANDMARKS * 2 * 2, NUM_LANDMARKS * 3 * 2):
@@ -180,7 +181,7 @@ class PosedCodec(LearnedCodec):
         if not 1 <= vector[7] <= 1000:
             raise PacketError(f"{self.name} reference head position out of range")
         mouth = self.mouth_model.basis.coefficients(landmarks) if moves and columns == 3 else None
-        return PosedReference(image, landmarks, vector, mouth, polygon_area(landmarks[list(INNER_LIPS), :2]))
+        return PosedReference(image, landmarks, vector, mouth, polygon_area(landmarks[list(INNER_LIPS), :2]), hints)
 
     def draw(self, state: PosedReference, vector: np.ndarray, mouth: np.ndarray | None) -> np.ndarray:
         """(S, S, 3) the reference posed to the frame's ``vector`` (8+), its lower face set to ``mouth`` (K,) (None: kept)."""

@@ -152,10 +152,9 @@ class StreamEncoder(Encoder):
     stream: VectorStream
     key_base: np.ndarray | None = None  # what keys are coded against (None: the typical values)
 
-    def __init__(self, codec: Codec, fps: Fraction, settings: StreamSettings, segmentation: bool = False,
-                 frames_per_packet: int | None = None):  # fmt: skip
+    def __init__(self, codec: Codec, fps: Fraction, settings: StreamSettings, frames_per_packet: int | None = None):
         self.codec, self.settings = codec, settings
-        self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=segmentation)
+        self.tracker = FaceTracker(CropSettings(track=settings.crop), segmentation=False)
         self.frames_per_packet = frames_per_packet or settings.frames_per_packet
         self.packets = FramePacketizer(codec.codec_id, settings.key_interval, fps, self.frames_per_packet)
         self.last_observation: FaceObservation | None = None

@@ -5,8 +5,8 @@ Per clip, one ``NAME.npz`` (no pickled objects) holding, at 25 fps:
 - ``jpeg`` + ``offsets``: the 256x256 face crops, JPEG at high quality, concatenated
 - ``landmarks`` (N, 478, 3) float16 crop pixels (x, y and mediapipe's relative depth z), ``face`` (N,)
   bool (False: no face found)
-- ``mask`` (N, 64, 64) uint8 person segmentation, ``pose`` (N, 3) yaw/pitch/roll degrees,
-  ``blink`` (N, 2) eye aspect ratios
+- ``pose`` (N, 3) yaw/pitch/roll degrees, ``blink`` (N, 2) eye aspect ratios (caches built before
+  the current `avfr` also hold a ``mask`` of the person segmentation: nothing reads it now)
 - ``mel`` (80, T) float16 log-mel (10 ms hop) of the audio *after an Opus round trip*, i.e. what
   a receiver actually hears; ``has_audio`` says whether the clip had any.
 
@@ -25,10 +25,9 @@ from tqdm import tqdm
 
 from ..audio import MelSettings, load_audio, log_mel, opus_round_trip
 from ..errors import InputError
-from ..face import CROP_SIZE, CropSettings, FaceTracker
+from ..face import CropSettings, FaceTracker
 from ..video import probe, read_frames
 
-MASK_SIZE = 64  # the person mask kept per frame (the cache format; no network reads it now)
 CACHE_VERSION = 2  # 2: landmarks keep z (the mouth model's canonical frame needs it)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
@@ -62,9 +61,9 @@ def find_clips(paths: list[str | Path]) -> list[Path]:
 
 def _cache_clip(clip: Path, settings: CacheSettings, out: Path, progress: bool) -> dict:
     info = probe(clip)
-    jpegs, landmarks, face, masks, poses, blinks = [], [], [], [], [], []
+    jpegs, landmarks, face, poses, blinks = [], [], [], [], []
     total = round(min(info.duration, settings.max_seconds or info.duration) * settings.fps)
-    with FaceTracker(CropSettings(), segmentation=True, pose=True) as tracker:
+    with FaceTracker(CropSettings(), segmentation=False, pose=True) as tracker:
         frames = read_frames(clip, fps=settings.fps, max_seconds=settings.max_seconds)
         for frame in tqdm(frames, total=total, desc=clip.stem, unit="frame", disable=not progress, leave=False):
             seen = tracker.process(frame)
@@ -72,8 +71,6 @@ def _cache_clip(clip: Path, settings: CacheSettings, out: Path, progress: bool) 
             jpegs.append(jpeg.reshape(-1))
             face.append(seen.landmarks is not None)
             landmarks.append(seen.landmarks if seen.landmarks is not None else np.zeros((478, 3), np.float32))
-            mask = seen.mask if seen.mask is not None else np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
-            masks.append(cv2.resize(mask, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA))
             poses.append(seen.pose if seen.pose is not None else np.zeros(3, np.float32))
             blinks.append(seen.blink if seen.blink is not None else np.zeros(2, np.float32))
     if not jpegs:
@@ -87,7 +84,7 @@ def _cache_clip(clip: Path, settings: CacheSettings, out: Path, progress: bool) 
     offsets = np.cumsum([0] + [len(j) for j in jpegs]).astype(np.int64)
     np.savez(
         out, jpeg=np.concatenate(jpegs), offsets=offsets, landmarks=np.stack(landmarks).astype(np.float16),
-        face=np.array(face), mask=np.rint(np.stack(masks) * 255).astype(np.uint8), pose=np.stack(poses).astype(np.float32),
+        face=np.array(face), pose=np.stack(poses).astype(np.float32),
         blink=np.stack(blinks).astype(np.float32), mel=mel.astype(np.float16), has_audio=np.array(has_audio),
     )  # fmt: skip
     return {"frames": len(jpegs), "faces": int(np.sum(face)), "has_audio": bool(has_audio), "bytes": out.stat().st_size}

@@ -50,7 +50,7 @@ class ClipFrames:
         if self.landmarks3d.ndim != 3 or self.landmarks3d.shape[1:] != (478, 3):
             raise InputError(f"{path}: landmarks of shape {self.landmarks3d.shape[1:]}, expected (478, 3); rebuild the cache")
         self.landmarks = self.landmarks3d[:, :, :2]  # (N, 478, 2)
-        self.face, self.mask = arrays["face"], arrays["mask"]  # (N,), (N, 64, 64)
+        self.face = arrays["face"]  # (N,)
         self.pose, self.blink = arrays["pose"], arrays["blink"]  # (N, 3), (N, 2)
         self.mel, self.has_audio = arrays["mel"].astype(np.float32), bool(arrays["has_audio"])  # (80, T)
         if len(self.offsets) != len(self.face) + 1 or len(self.landmarks) != len(self.face):

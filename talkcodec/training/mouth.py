@@ -122,29 +122,35 @@ def smooth(coefficients: np.ndarray, memory: float) -> np.ndarray:
     return out
 
 
+def score_clip(clip: ClipMouth, basis: MouthBasis, frames: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """The lip gap's correlation with the truth (the bench's lip-sync, on the landmarks the
+    coefficients make) and the lip landmarks' mean distance / inter-ocular distance, of the
+    (len(frames), K) ``predicted`` coefficients of ``frames``."""
+    from ..metrics import LIPS, inter_ocular
+
+    g = basis.gap_direction()
+    truth = clip.coefficients[frames]
+    lips = [int(np.flatnonzero(basis.points == p)[0]) for p in LIPS if p in basis.points]
+    distance = []
+    for i, frame in enumerate(frames):
+        moved = basis.displacement(clip.landmarks[frame], predicted[i] - truth[i])[lips]  # (40, 2) px
+        distance.append(np.linalg.norm(moved, axis=1).mean() / inter_ocular(clip.landmarks[frame][None, :, :2])[0])
+    return {"lip_sync": correlation(truth @ g, predicted @ g), "mouth_landmark": float(np.mean(distance))}
+
+
 def evaluate(model: MouthFuser, clips: list[ClipMouth], basis: MouthBasis, start: float, end: float,
              memory: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Per clip and mean: the lip gap's correlation with the truth (the bench's lip-sync, on the
     landmarks the coefficients make) and the lip landmarks' distance / inter-ocular distance,
-    with the first frame of the range as the reference (the bench's protocol)."""
-    from ..metrics import LIPS, inter_ocular
-
+    with the first frame of the range as the reference (the bench's protocol): ``score_clip``."""
     model.eval()
-    g = basis.gap_direction()
     per_clip = {}
     for clip in clips:
         frames = clip.frames(start, end)
         if len(frames) < 10:
             continue
         predicted = smooth(predict(model, clip, basis, int(frames[0]), frames), memory)
-        truth = clip.coefficients[frames]
-        lips = [int(np.flatnonzero(basis.points == p)[0]) for p in LIPS if p in basis.points]
-        distance = []
-        for i, frame in enumerate(frames):
-            moved = basis.displacement(clip.landmarks[frame], predicted[i] - truth[i])[lips]  # (40, 2) px
-            distance.append(np.linalg.norm(moved, axis=1).mean() / inter_ocular(clip.landmarks[frame][None, :, :2])[0])
-        per_clip[clip.name] = {"lip_sync": correlation(truth @ g, predicted @ g), "mouth_landmark": float(np.mean(distance)),
-                               "frames": len(frames)}  # fmt: skip
+        per_clip[clip.name] = {**score_clip(clip, basis, frames, predicted), "frames": len(frames)}
     model.train()
     syncs = [v["lip_sync"] for v in per_clip.values() if v["lip_sync"] is not None]
     return {"lip_sync": float(np.mean(syncs)) if syncs else None,

@@ -25,12 +25,11 @@ from ..codecs.learned import shipped_weights
 from ..codecs.posed import CODING_STEP, MouthModel, landmark_vector, load_mouth_model
 from ..errors import InputError
 from ..face import CROP_SIZE, HeadPoseEstimator
-from ..metrics import LIPS, correlation, inter_ocular
 from ..models.config import bounded, config_from_dict
 from ..models.mouth_coder import MouthCoder, MouthCoderConfig
 from ..quant import VectorCoding
 from .data import load_clips
-from .mouth import HELD_OUT, ClipMouth, MouthLoss, clip_samples, speaks
+from .mouth import HELD_OUT, ClipMouth, MouthLoss, clip_samples, predict, score_clip, speaks
 from .trainer import export_weights
 
 
@@ -65,27 +64,17 @@ def code_data(cache_dir: str | Path, mouth_model: str | None = None, progress: b
     return CodeData(mouth, [c for c in samples if c.name not in HELD_OUT], [c for c in samples if c.name in HELD_OUT])
 
 
-def audio_prediction(mouth: MouthModel, clip: ClipMouth, frames: np.ndarray, reference: np.ndarray) -> torch.Tensor:
-    """(len(frames), K) the fuser's prediction, in units of the coefficients' spread; reference (len(frames),) frame indices."""
-    scale = torch.tensor(mouth.basis.scale, dtype=torch.float32)
-    ref = torch.tensor(clip.coefficients[reference], dtype=torch.float32) / scale
-    with torch.no_grad():
-        return mouth.fuser(torch.from_numpy(clip.mel[frames].astype(np.float32)), torch.from_numpy(clip.pose[frames]),
-                           torch.from_numpy(clip.blink[frames]), ref)  # fmt: skip
-
-
 def decode_clip(coder: MouthCoder | None, mouth: MouthModel, clip: ClipMouth, frames: np.ndarray,
                 reference: int, hints: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(coefficients (T, K), symbols (T, C)) the receiver gets for ``frames`` over ``reference``:
     with ``coder`` its decoded code, else the fuser's prediction with the first ``hints`` true."""
     scale = torch.tensor(mouth.basis.scale, dtype=torch.float32)
-    refs = np.full(len(frames), reference)
-    audio = audio_prediction(mouth, clip, frames, refs)
+    audio = torch.from_numpy(predict(mouth.fuser, clip, mouth.basis, reference, frames)).float() / scale
     target = torch.tensor(clip.coefficients[frames], dtype=torch.float32) / scale
-    ref = target.new_tensor(clip.coefficients[reference] / mouth.basis.scale).expand(len(frames), -1)
     if coder is None:
         audio[:, :hints] = target[:, :hints]
         return (audio * scale).double().numpy(), target[:, :hints].numpy()
+    ref = target.new_tensor(clip.coefficients[reference] / mouth.basis.scale).expand(len(frames), -1)
     with torch.no_grad():
         symbols = torch.round(coder.encode(target))
         out = coder.decode(symbols, audio, ref)
@@ -96,9 +85,6 @@ def evaluate(coder: MouthCoder | None, data: CodeData, clips: list[ClipMouth], s
              hints: int = 0) -> dict[str, Any]:  # fmt: skip
     """Lip-sync and lip-landmark distance / inter-ocular distance (as ``mouth.evaluate``), first
     frame of the range as the reference, and the code's frame-to-frame symbol change (mean |d|)."""
-    basis = data.mouth.basis
-    g = basis.gap_direction()
-    lips = [int(np.flatnonzero(basis.points == p)[0]) for p in LIPS if p in basis.points]
     per_clip = {}
     if coder is not None:
         coder.eval()
@@ -107,12 +93,8 @@ def evaluate(coder: MouthCoder | None, data: CodeData, clips: list[ClipMouth], s
         if len(frames) < 10:
             continue
         predicted, symbols = decode_clip(coder, data.mouth, clip, frames, int(frames[0]), hints)
-        truth = clip.coefficients[frames]
-        distance = [np.linalg.norm(basis.displacement(clip.landmarks[f], predicted[i] - truth[i])[lips], axis=1).mean()
-                    / inter_ocular(clip.landmarks[f][None, :, :2])[0] for i, f in enumerate(frames)]  # fmt: skip
         change = float(np.abs(np.diff(symbols, axis=0)).mean()) if symbols.shape[1] else 0.0
-        per_clip[clip.name] = {"lip_sync": correlation(truth @ g, predicted @ g), "mouth_landmark": float(np.mean(distance)),
-                               "symbol_change": change}  # fmt: skip
+        per_clip[clip.name] = {**score_clip(clip, data.mouth.basis, frames, predicted), "symbol_change": change}
     if coder is not None:
         coder.train()
     syncs = [v["lip_sync"] for v in per_clip.values() if v["lip_sync"] is not None]
@@ -178,11 +160,14 @@ def fit_coder(coder: MouthCoder, data: CodeData, config: MouthCodeTrainConfig, m
 
 def code_coding(coder: MouthCoder, data: CodeData) -> VectorCoding:
     """Entropy-coder statistics of the code (step 1: the coder learned its own scale), fitted on the training clips."""
+    scale = torch.tensor(data.mouth.basis.scale, dtype=torch.float32)
     tracks = []
-    for clip in data.train:
-        frames = clip.frames(0.0, data.head)
-        if len(frames) > 1:
-            tracks.append(decode_clip(coder, data.mouth, clip, frames, int(frames[0]))[1])
+    with torch.no_grad():
+        for clip in data.train:
+            frames = clip.frames(0.0, data.head)
+            if len(frames) > 1:
+                coefficients = torch.tensor(clip.coefficients[frames], dtype=torch.float32) / scale
+                tracks.append(torch.round(coder.encode(coefficients)).numpy())
     return VectorCoding.fit(tracks, np.ones(coder.config.code))
 
 
