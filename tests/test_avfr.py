@@ -34,6 +34,18 @@ def test_coder_shapes_and_config_bounds():
     assert coder.decode(torch.round(code), torch.randn(5, 4), torch.randn(5, 4)).shape == (5, 4)
     with pytest.raises(ValueError):
         MouthCoderConfig.from_dict({"code": 0})
+    with pytest.raises(ValueError, match="more than"):
+        MouthCoder(MouthCoderConfig(coefficients=4, code=5))
+
+
+def test_an_untrained_coder_sends_the_first_coefficients_and_takes_the_rest_from_the_audio():
+    coder = MouthCoder(MouthCoderConfig(coefficients=6, code=2, initial_step=0.5))
+    coefficients, audio, reference = torch.randn(7, 6), torch.randn(7, 6), torch.randn(7, 6)
+    code = coder.encode(coefficients)
+    assert torch.allclose(code, coefficients[:, :2] / 0.5)
+    decoded = coder.decode(torch.round(code), audio, reference)
+    assert (decoded[:, :2] - coefficients[:, :2]).abs().max() <= 0.25 + 1e-6  # half a step
+    assert torch.equal(decoded[:, 2:], audio[:, 2:])
 
 
 def test_the_learned_code_draws_the_mouth_closer_than_the_audio_alone(trained):
