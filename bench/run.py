@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,16 @@ os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder oth
 def _file_digest(path: str) -> str:
     """First 8 hex digits of a file's SHA-256 (read once per run, not once per cell)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_models() -> str:
+    """First 8 hex digits of a SHA-256 over the package's weights files. A talkcodec codec's cell
+    records it: after the shipped weights change, its cells are redone instead of read back."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(str(resources.files("talkcodec") / "data")).glob("*.safetensors")):
+        digest.update(f"{path.name}:{_file_digest(str(path))};".encode())
+    return digest.hexdigest()[:8]
 
 
 def setting_label(setting: dict[str, Any]) -> str:
@@ -117,6 +128,8 @@ def run_cell(
         "peak_mb": round(memory.peak_mb, 1), "torch_threads": torch.get_num_threads(), "metric_stride": stride, "seconds": seconds, "call_seconds": call_s, "tail": tail, "size": size,
         "frames_per_packet": coded.frames_per_packet,
     }  # fmt: skip
+    if codec not in CONVENTIONAL and codec not in BASELINES:
+        result["shipped_models"] = shipped_models()
     result.update(measure(clip.frames, coded.decoded, clip.landmarks, stride))
     return result
 
@@ -225,6 +238,8 @@ def run(args: argparse.Namespace) -> dict:
                 cached = None  # a cell cut short by an interruption is redone
             same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
                     "tail": args.tail, "size": args.size}  # fmt: skip
+            if codec not in CONVENTIONAL and codec not in BASELINES:
+                same["shipped_models"] = shipped_models()  # cells of other shipped weights are redone
             if cached is not None:
                 cached.setdefault("size", 256)  # cells from before the size setting
             recorded = codec in CONVENTIONAL or codec in BASELINES or "frames_per_packet" in (cached or {})  # older cells did not say

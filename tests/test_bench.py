@@ -67,6 +67,12 @@ def test_bench_end_to_end_resumes_and_skips_bad_inputs(sample_video, noface_vide
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
     assert bench_main(args) == 0  # resumes: every cell is read back, none is recomputed
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    stale = min((out / "cells" / "sample").glob("mesh__*.json"))  # a mesh cell measured with other shipped weights
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "shipped_models": "00000000"}))
+    stamps[stale] = stale.stat().st_mtime_ns
+    assert bench_main(args) == 0
+    assert [p for p, t in stamps.items() if p.stat().st_mtime_ns != t] == [stale]  # only it is redone
+    assert json.loads(stale.read_text())["shipped_models"] != "00000000"
 
 
 def test_tail_codes_the_part_the_trainer_held_out(sample_video, tmp_path):
