@@ -96,7 +96,7 @@ def tiny_weights():
 
     from talkcodec.audio import MelSettings
     from talkcodec.codecs.learned import shipped_weights
-    from talkcodec.codecs.posed import CODING_STEP, load_mouth_model
+    from talkcodec.codecs.posed import CODING_STEP, LIP_POSITION_STEP_PX, load_mouth_model
     from talkcodec.quant import VectorCoding
     from talkcodec.training.trainer import export_weights
 
@@ -106,7 +106,7 @@ def tiny_weights():
         if codec == "avfr":
             mouth = load_mouth_model(str(shipped_weights("apb_mouth")))
             model = MouthCoder(MouthCoderConfig(coefficients=mouth.basis.size, code=3, hidden=8))
-            step = np.concatenate([CODING_STEP, np.ones(model.config.code)])
+            step = np.concatenate([CODING_STEP, [LIP_POSITION_STEP_PX] * 2, np.ones(model.config.code)])
             info = {"mouth_model": mouth.fingerprint}
         else:
             model = APBModel(APBConfig.tiny())

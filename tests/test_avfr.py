@@ -9,7 +9,7 @@ import talkcodec
 from talkcodec.audio import load_audio
 from talkcodec.codecs.learned import reference_vector
 from talkcodec.codecs.stream import reference_image
-from talkcodec.errors import WeightsError
+from talkcodec.errors import PacketError, WeightsError
 from talkcodec.face import INNER_LIPS
 from talkcodec.packet import Packet, PacketKind, unpack
 from talkcodec.training.mouth_code import code_data, decode_clip, evaluate, train_mouth_code
@@ -67,7 +67,7 @@ def _coder(trained) -> MouthCoder:
 def test_trained_weights_load_into_avfr_and_its_code_moves_the_mouth_only(trained, sample_video):
     _, path, _ = trained
     codec = talkcodec.get_codec("avfr", weights=str(path))
-    assert codec.vector_size() == 8 + 3 and codec.weights.info["mouth_model"] == codec.mouth_model.fingerprint
+    assert codec.vector_size() == 8 + 2 + 3 and codec.weights.info["mouth_model"] == codec.mouth_model.fingerprint
     encoder = codec.encoder(fps=25)
     packets = [p for f in read_frames(sample_video, fps=25, max_seconds=0.8) for p in encoder.encode(f)] + encoder.flush()
     encoder.close()
@@ -86,11 +86,18 @@ def test_trained_weights_load_into_avfr_and_its_code_moves_the_mouth_only(traine
     moved = []
     for step in (4, -4):  # four steps of every code value, either way (the coder is not linear)
         shifted = reference.copy()
-        shifted[8:] += step
+        shifted[10:] += step
         b = codec.render(state, shifted, mel).astype(int)
         assert np.array_equal(still[:top], b[:top])
         moved.append(np.abs(still - b)[y0:y1, x0:x1].mean())
     assert max(moved) > 1.0, moved  # grey levels, mean over the mouth's box
+    lower = reference.copy()
+    lower[9] += 3.0  # the lip position 3 px lower: the lower face follows, the rest stays
+    b = codec.render(state, lower, mel).astype(int)
+    assert np.array_equal(still[:top], b[:top]) and np.abs(still - b)[y0:y1, x0:x1].mean() > 1.0
+    lower[8] = 1e4
+    with pytest.raises(PacketError, match="lip position"):
+        codec.render(state, lower, mel)
 
 
 def test_a_coder_trained_over_another_mouth_model_is_refused(trained, tmp_path):

@@ -1,13 +1,15 @@
 """`avfr`: learned keypoints that code what the head pose and the audio cannot (AVFR-GAN, pose first).
 
-Sender: face front end -> the head's 6-DoF pose and both eye openings (`apb`'s 8 values), then
-the mouth coder's encoder (``models.mouth_coder``) turns the frame's mouth coefficients (the
-face mesh's lower face in the mouth model's basis: the paper's mesh prior) into ``code`` learned
-values: 8 + code values a frame, quantized and range-coded (key / delta). The reference packet
+Sender: face front end -> the head's 6-DoF pose and both eye openings (`apb`'s 8 values), the
+lips' position that the head pose does not give (2 values, ``posed.lip_position``: the
+canonical head's rigid motion misplaces a real mouth by ~2 % of the eye distance), then the
+mouth coder's encoder (``models.mouth_coder``) turns the frame's mouth coefficients (the face
+mesh's lower face in the mouth model's basis: the paper's mesh prior) into ``code`` learned
+values: 10 + code values a frame, quantized and range-coded (key / delta). The reference packet
 carries the reference's landmarks and its own vector.
 Receiver, per frame: the mouth fuser predicts the mouth from the heard audio (the paper's
 audio branch attending the mouth), the coder's decoder corrects it with the received code, and
-the reference is posed and warped onto the result with the mouth painted (``posed.PosedCodec``):
+the reference is posed, its lower face placed at the sent lip position, and warped onto the result with the mouth painted (``posed.PosedCodec``):
 the landmark warp is the motion, the painter draws what the warp cannot (teeth, the open mouth).
 Why no dense-motion network or whole-face generator: docs/DECISIONS.md.
 """
@@ -24,7 +26,9 @@ from ..errors import WeightsError
 from ..face import FaceObservation
 from ..models.mouth_coder import MouthCoder, MouthCoderConfig
 from ..registry import register_codec
-from .posed import CODING_STEP, PosedCodec, PosedReference, PosedSettings
+from .posed import CODING_STEP, PosedCodec, PosedReference, PosedSettings, lip_position
+
+SENT_BEFORE_CODE = len(CODING_STEP) + 2  # the 8 pose and eye values, then the lip position (x, y)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class AVFRSettings(PosedSettings):
 
 @register_codec("avfr")
 class AVFRCodec(PosedCodec):
-    """Head pose + eye openings + a learned mouth code (AVFR-GAN, pose first): about 2 kbps."""
+    """Head pose + eye openings + lip position + a learned mouth code (AVFR-GAN, pose first): about 2 kbps."""
 
     Settings = AVFRSettings
     settings: AVFRSettings
@@ -56,7 +60,7 @@ class AVFRCodec(PosedCodec):
         code = self.weights.config.get("code")
         if not isinstance(code, int) or not 1 <= code <= 32:
             raise ValueError(f"mouth code of {code!r} values out of range")
-        return len(CODING_STEP) + code
+        return SENT_BEFORE_CODE + code
 
     def load(self) -> None:
         super().load()
@@ -71,7 +75,8 @@ class AVFRCodec(PosedCodec):
         coefficients = self.mouth_model.basis.coefficients(observation.landmarks)
         with torch.inference_mode():
             code = self.network.encode(self._scaled(coefficients))[0].double().numpy()
-        return np.concatenate([self.pose_vector(observation), code])
+        pose = self.pose_vector(observation)
+        return np.concatenate([pose, lip_position(observation.landmarks, pose, self.head), code])
 
     def prepare(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any]) -> PosedReference:
         return self.posed_reference(image, vector, meta, moves=True)
@@ -82,11 +87,11 @@ class AVFRCodec(PosedCodec):
             return None
         model = self.mouth_model
         audio = model.predict(mel, vector, state.mouth)
-        code = torch.as_tensor(vector[len(CODING_STEP) :], dtype=torch.float32)[None]  # (C,) -> (1, C)
+        code = torch.as_tensor(vector[SENT_BEFORE_CODE:], dtype=torch.float32)[None]  # (C,) -> (1, C)
         with torch.inference_mode():
             out = self.network.decode(code, self._scaled(audio), self._scaled(state.mouth))[0]
         return out.double().numpy() * model.basis.scale
 
     def render(self, state: PosedReference, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray:
         assert mel is not None  # draws_with_audio
-        return self.draw(state, vector, self.frame_mouth(state, vector, mel))
+        return self.draw(state, vector, self.frame_mouth(state, vector, mel), lips=vector[len(CODING_STEP) : SENT_BEFORE_CODE])

@@ -22,6 +22,7 @@ from ..audio import MelSettings
 from ..errors import PacketError, WeightsError
 from ..eyes import EYE_CONTOURS, EYE_STEP, IRISES, set_eye_openings
 from ..face import CROP_SIZE, INNER_LIPS, NUM_LANDMARKS, FaceObservation, HeadPoseEstimator, eye_aspect_ratio
+from ..metrics import LIPS
 from ..models.mouth_fuser import MouthFuser, MouthFuserConfig
 from ..mouth import MAX_HINTS, WEIGHTS_CODEC, MouthBasis
 from ..painter import MOUTH_FILL_HELP, MOUTH_FILLS, MouthFill
@@ -34,6 +35,7 @@ from .learned import LearnedCodec, LearnedSettings, build_network, shipped_weigh
 POSE_STEP_DEG = 0.5
 POSITION_STEP_CM = (0.05, 0.05, 0.1)  # x, y: ~0.5 px for a face filling the crop; z: ~0.3 % of its size
 CODING_STEP = np.array([POSE_STEP_DEG] * 3 + [EYE_STEP] * 2 + list(POSITION_STEP_CM))
+LIP_POSITION_STEP_PX = 0.5  # `avfr`'s lip position (x, y): ~0.007 of the inter-ocular distance
 
 
 def pose_blink_vector(pose: np.ndarray, blink: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -58,6 +60,15 @@ def posed_landmarks(landmarks: np.ndarray, head: HeadPoseEstimator, reference: n
     for iris, eye in zip(IRISES, EYE_CONTOURS):
         moved[list(iris)] += motion[list(eye)].mean(axis=0)
     return set_eye_openings(moved, frame[3:5])
+
+
+def lip_position(landmarks: np.ndarray, vector: np.ndarray, head: HeadPoseEstimator) -> np.ndarray:
+    """(2,) crop px: the mean of the (478, 2+) ``landmarks``' 40 lip points less that of the
+    canonical face's lips at the frame's head pose (``vector``, as ``pose_blink_vector`` makes
+    it): where the lips are that the rigid head motion does not say (the face is not the canonical
+    one, and the pose is fitted to the whole face, the opening jaw included)."""
+    lips = list(LIPS)
+    return landmarks[lips, :2].mean(axis=0) - head.project(vector[:3], vector[5:8])[lips].mean(axis=0)
 
 
 @dataclass(frozen=True)
@@ -183,16 +194,23 @@ class PosedCodec(LearnedCodec):
         mouth = self.mouth_model.basis.coefficients(landmarks) if moves and columns == 3 else None
         return PosedReference(image, landmarks, vector, mouth, polygon_area(landmarks[list(INNER_LIPS), :2]), hints)
 
-    def draw(self, state: PosedReference, vector: np.ndarray, mouth: np.ndarray | None) -> np.ndarray:
-        """(S, S, 3) the reference posed to the frame's ``vector`` (8+), its lower face set to ``mouth`` (K,) (None: kept)."""
+    def draw(self, state: PosedReference, vector: np.ndarray, mouth: np.ndarray | None,
+             lips: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """(S, S, 3) the reference posed to the frame's ``vector`` (8+), its lower face set to ``mouth``
+        (K,) (None: kept) and, given the frame's ``lips`` (``lip_position``), moved so that its lips land there."""
         if not 1 <= vector[7] <= 1000:  # behind the camera or absurdly far: a damaged or hostile packet
             raise PacketError(f"{self.name} head position out of range")
+        if lips is not None and not np.all(np.abs(lips) <= CROP_SIZE / 2):
+            raise PacketError(f"{self.name} lip position out of range")
+        basis = self.mouth_model.basis
         mouthed = state.landmarks
         if mouth is not None and state.mouth is not None:
-            basis = self.mouth_model.basis
             mouthed = state.landmarks.copy()
             mouthed[basis.points, :2] += basis.displacement(state.landmarks, mouth - state.mouth)
         moved = posed_landmarks(mouthed, self.head, state.vector, vector)  # (478, 2) crop pixels
+        if lips is not None:
+            at = self.head.project(vector[:3], vector[5:8])[list(LIPS)].mean(axis=0) + lips
+            moved[basis.points] += at - moved[list(LIPS)].mean(axis=0)  # the lower face goes with its lips
         size = state.image.shape[0]
         scale = size / CROP_SIZE  # crop pixels -> the picture's
         posed = warp_at(size)(state.image, state.landmarks[:, :2] * scale, moved * scale)

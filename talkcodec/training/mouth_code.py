@@ -22,7 +22,14 @@ import torch
 from tqdm import tqdm
 
 from ..codecs.learned import shipped_weights
-from ..codecs.posed import CODING_STEP, MouthModel, landmark_vector, load_mouth_model
+from ..codecs.posed import (
+    CODING_STEP,
+    LIP_POSITION_STEP_PX,
+    MouthModel,
+    landmark_vector,
+    lip_position,
+    load_mouth_model,
+)
 from ..errors import InputError
 from ..face import CROP_SIZE, HeadPoseEstimator
 from ..models.config import bounded, config_from_dict
@@ -172,16 +179,19 @@ def code_coding(coder: MouthCoder, data: CodeData) -> VectorCoding:
 
 
 def pose_coding(data: CodeData) -> VectorCoding:
-    """Coding of the 8 pose-and-blink values (``posed.CODING_STEP``), fitted on the training clips'
-    face runs, the pose solved in order as a sender does (as ``talkcodec train --codec apb`` fits it)."""
+    """Coding of the 8 pose-and-blink values (``posed.CODING_STEP``) and the lip position
+    (``posed.lip_position``), fitted on the training clips' face runs, the pose solved in order as
+    a sender does (as ``talkcodec train --codec apb`` fits it)."""
     tracks = []
     for clip in data.train:
         frames = clip.frames(0.0, data.head)
         for run in np.split(frames, np.flatnonzero(np.diff(frames) > 1) + 1):
             if len(run) > 1:
                 head = HeadPoseEstimator(CROP_SIZE)
-                tracks.append(np.stack([landmark_vector(clip.landmarks[i], head) for i in run]))
-    return VectorCoding.fit(tracks, CODING_STEP)
+                vectors = [landmark_vector(clip.landmarks[i], head) for i in run]
+                tracks.append(np.stack([np.concatenate([v, lip_position(clip.landmarks[i], v, head)])
+                                        for i, v in zip(run, vectors)]))  # fmt: skip
+    return VectorCoding.fit(tracks, np.concatenate([CODING_STEP, [LIP_POSITION_STEP_PX] * 2]))
 
 
 def train_mouth_code(run_dir: str | Path, settings: dict[str, Any], cache_dir: str | Path, minutes: float | None = None,
