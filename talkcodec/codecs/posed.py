@@ -6,7 +6,9 @@ reference's lower face to the frame's mouth coefficients (``talkcodec.mouth``: h
 found is each codec's own: `apb` from the audio, `avfr` from its learned code), moves every
 point as the canonical head moves from the reference's pose to the frame's (a rigid motion seen
 through the camera), sets each eye to the frame's opening, warps the reference piecewise-affinely
-onto the result and draws the opening mouth (``painter.MouthFill``).
+onto the result and draws the opening mouth (``painter.MouthFill``). `avfr` also sends where the
+lips are against the canonical face's at the frame's pose (``lip_position``): the receiver
+shifts the lower face there, which the rigid motion of the canonical face gets wrong.
 """
 
 from __future__ import annotations
