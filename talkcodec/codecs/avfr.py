@@ -9,8 +9,9 @@ values: 10 + code values a frame, quantized and range-coded (key / delta). The r
 carries the reference's landmarks and its own vector.
 Receiver, per frame: the mouth fuser predicts the mouth from the heard audio (the paper's
 audio branch attending the mouth), the coder's decoder corrects it with the received code, and
-the reference is posed, its lower face placed at the sent lip position, and warped onto the result with the mouth painted (``posed.PosedCodec``):
-the landmark warp is the motion, the painter draws what the warp cannot (teeth, the open mouth).
+the reference is posed, its lower face placed at the sent lip position, and warped onto the
+result with the mouth painted (``posed.PosedCodec``): the landmark warp is the motion, the
+painter draws what the warp cannot (teeth, the open mouth).
 Why no dense-motion network or whole-face generator: docs/DECISIONS.md.
 """
 
@@ -94,4 +95,5 @@ class AVFRCodec(PosedCodec):
 
     def render(self, state: PosedReference, vector: np.ndarray, mel: np.ndarray | None) -> np.ndarray:
         assert mel is not None  # draws_with_audio
-        return self.draw(state, vector, self.frame_mouth(state, vector, mel), lips=vector[len(CODING_STEP) : SENT_BEFORE_CODE])
+        lips = vector[len(CODING_STEP) : SENT_BEFORE_CODE]
+        return self.draw(state, vector, self.frame_mouth(state, vector, mel), lips)
