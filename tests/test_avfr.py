@@ -100,6 +100,25 @@ def test_trained_weights_load_into_avfr_and_its_code_moves_the_mouth_only(traine
         codec.render(state, lower, mel)
 
 
+def test_the_receiver_places_the_lips_where_the_sender_saw_them(trained, sample_video):
+    from talkcodec.codecs.avfr import SENT_BEFORE_CODE
+    from talkcodec.codecs.posed import CODING_STEP
+    from talkcodec.metrics import LIPS
+
+    codec = talkcodec.get_codec("avfr", weights=str(trained[1]))
+    encoder, quantizer, errors = codec.encoder(fps=25), codec.stream.quantizer, []
+    for frame in read_frames(sample_video, fps=25, max_seconds=0.6):
+        encoder.encode(frame)
+        seen = encoder.last_observation
+        received = quantizer.dequantize(quantizer.quantize(codec.vector(seen)))  # what the receiver decodes
+        canonical = codec.head.project(received[:3], received[5:8])
+        placed = canonical[list(LIPS)].mean(0) + received[len(CODING_STEP) : SENT_BEFORE_CODE]
+        errors.append(np.abs(placed - seen.landmarks[list(LIPS), :2].mean(0)).max())
+    encoder.close()
+    step = quantizer.step[len(CODING_STEP)]
+    assert max(errors) <= step / 2 + 1e-6, errors  # the rounded pose's error cancelled: only the lips' own rounding
+
+
 def test_a_coder_trained_over_another_mouth_model_is_refused(trained, tmp_path):
     from talkcodec.weights import load_weights, save_weights
 

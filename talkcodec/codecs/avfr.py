@@ -26,6 +26,7 @@ import torch
 from ..errors import WeightsError
 from ..face import FaceObservation
 from ..models.mouth_coder import MouthCoder, MouthCoderConfig
+from ..quant import Quantizer
 from ..registry import register_codec
 from .posed import CODING_STEP, PosedCodec, PosedReference, PosedSettings, lip_position
 
@@ -77,7 +78,9 @@ class AVFRCodec(PosedCodec):
         with torch.inference_mode():
             code = self.network.encode(self._scaled(coefficients))[0].double().numpy()
         pose = self.pose_vector(observation)
-        return np.concatenate([pose, lip_position(observation.landmarks, pose, self.head), code])
+        rounded = Quantizer(self.stream.quantizer.step[: len(pose)])  # the pose as the receiver will have it:
+        received = rounded.dequantize(rounded.quantize(pose))  # the lips are placed against that one
+        return np.concatenate([pose, lip_position(observation.landmarks, received, self.head), code])
 
     def prepare(self, image: np.ndarray, vector: np.ndarray, meta: dict[str, Any]) -> PosedReference:
         return self.posed_reference(image, vector, meta, moves=True)

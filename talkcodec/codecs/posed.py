@@ -67,8 +67,9 @@ def posed_landmarks(landmarks: np.ndarray, head: HeadPoseEstimator, reference: n
 def lip_position(landmarks: np.ndarray, vector: np.ndarray, head: HeadPoseEstimator) -> np.ndarray:
     """(2,) crop px: the mean of the (478, 2+) ``landmarks``' 40 lip points less that of the
     canonical face's lips at the frame's head pose (``vector``, as ``pose_blink_vector`` makes
-    it): where the lips are that the rigid head motion does not say (the face is not the canonical
-    one, and the pose is fitted to the whole face, the opening jaw included)."""
+    it; a sender passes the rounded pose its receiver decodes, so the rounding cancels at the
+    lips): where the lips are that the rigid head motion does not say (the face is not the
+    canonical one, and the pose is fitted to the whole face, the opening jaw included)."""
     lips = list(LIPS)
     return landmarks[lips, :2].mean(axis=0) - head.project(vector[:3], vector[5:8])[lips].mean(axis=0)
 
