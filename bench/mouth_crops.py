@@ -29,6 +29,7 @@ VARIANTS = {
     "apb, ref. mouth": ("apb", {"mouth": "reference"}),
     "apb (audio), dark": ("apb", {}),
     "apb hints=3, painter": ("apb", {"hints": 3, "mouth_fill": "painter"}),
+    "avfr": ("avfr", {}),
 }
 SIZE = 96
 
