@@ -238,11 +238,12 @@ def run(args: argparse.Namespace) -> dict:
                 cached = None  # a cell cut short by an interruption is redone
             same = {"metric_stride": args.metric_stride, "seconds": args.seconds, "call_seconds": args.call_seconds,
                     "tail": args.tail, "size": args.size}  # fmt: skip
-            if codec not in CONVENTIONAL and codec not in BASELINES:
+            ours = codec not in CONVENTIONAL and codec not in BASELINES  # a talkcodec codec
+            if ours:
                 same["shipped_models"] = shipped_models()  # cells of other shipped weights are redone
             if cached is not None:
                 cached.setdefault("size", 256)  # cells from before the size setting
-            recorded = codec in CONVENTIONAL or codec in BASELINES or "frames_per_packet" in (cached or {})  # older cells did not say
+            recorded = not ours or "frames_per_packet" in (cached or {})  # older cells did not say
             recorded = recorded and "lip_sync" in (cached or {})  # cells from before the mouth metrics are redone
             if cached is not None and recorded and all(cached.get(k) == v for k, v in same.items()):
                 results.append(cached)

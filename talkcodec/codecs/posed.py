@@ -211,9 +211,8 @@ class PosedCodec(LearnedCodec):
             mouthed = state.landmarks.copy()
             mouthed[basis.points, :2] += basis.displacement(state.landmarks, mouth - state.mouth)
         moved = posed_landmarks(mouthed, self.head, state.vector, vector)  # (478, 2) crop pixels
-        if lips is not None:
-            at = self.head.project(vector[:3], vector[5:8])[list(LIPS)].mean(axis=0) + lips
-            moved[basis.points] += at - moved[list(LIPS)].mean(axis=0)  # the lower face goes with its lips
+        if lips is not None:  # the lower face goes with its lips, to where the sender saw them
+            moved[basis.points] += lips - lip_position(moved, vector, self.head)
         size = state.image.shape[0]
         scale = size / CROP_SIZE  # crop pixels -> the picture's
         posed = warp_at(size)(state.image, state.landmarks[:, :2] * scale, moved * scale)
